@@ -1,0 +1,1 @@
+"""tokenwave codec: audio <-> discrete tokens."""

@@ -1,0 +1,63 @@
+"""Reconstruction losses: multi-resolution STFT and multi-scale mel, sharing one STFT per resolution.
+
+For each resolution the predicted and target spectra are computed once; the log-magnitude L1,
+the spectral convergence and the log-mel L1 all come from those two magnitudes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None) -> torch.Tensor:
+    """Triangular mel filters (HTK mel scale, Slaney-style area normalisation) ``[n_mels, n_fft // 2 + 1]``."""
+    f_max = f_max or sample_rate / 2
+
+    def hz_to_mel(f):
+        return 2595.0 * math.log10(1.0 + f / 700.0)
+
+    mels = torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2, dtype=torch.float64)
+    hz = 700.0 * (10 ** (mels / 2595.0) - 1.0)
+    bins = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    lower, center, upper = hz[:-2, None], hz[1:-1, None], hz[2:, None]
+    rising = (bins[None] - lower) / (center - lower)
+    falling = (upper - bins[None]) / (upper - center)
+    filters = torch.clamp(torch.minimum(rising, falling), min=0.0)
+    filters = filters * (2.0 / (upper - lower))  # equal area per filter
+    return filters.float()
+
+
+class SpectralLoss(nn.Module):
+    """Sum over resolutions of log-magnitude L1 + spectral convergence + log-mel L1.
+
+    ``pred``, ``target``: ``[B, 1, N]`` -> scalar; the parts are returned in a dict for logging.
+    """
+
+    def __init__(self, sample_rate: int, resolutions=(256, 512, 1024, 2048), mel_weight: float = 1.0):
+        super().__init__()
+        self.resolutions = list(resolutions)
+        self.mel_weight = mel_weight
+        for n_fft in self.resolutions:
+            n_mels = min(128, n_fft // 8)
+            self.register_buffer(f"window_{n_fft}", torch.hann_window(n_fft), persistent=False)
+            self.register_buffer(f"mel_{n_fft}", mel_filterbank(sample_rate, n_fft, n_mels), persistent=False)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        pred, target = pred.reshape(-1, pred.shape[-1]), target.reshape(-1, target.shape[-1])
+        parts = {"log_magnitude": 0.0, "convergence": 0.0, "mel": 0.0}
+        for n_fft in self.resolutions:
+            window, mel = getattr(self, f"window_{n_fft}"), getattr(self, f"mel_{n_fft}")
+            stft = lambda x: torch.stft(x, n_fft, n_fft // 4, window=window, return_complex=True)  # noqa: E731
+            p = stft(pred).abs().clamp_min(1e-7)
+            t = stft(target).abs().clamp_min(1e-7)
+            parts["log_magnitude"] = parts["log_magnitude"] + (p.log() - t.log()).abs().mean()
+            parts["convergence"] = parts["convergence"] + torch.linalg.norm(p - t) / torch.linalg.norm(t).clamp_min(1e-7)
+            p_mel, t_mel = mel @ p, mel @ t
+            parts["mel"] = parts["mel"] + (p_mel.clamp_min(1e-5).log() - t_mel.clamp_min(1e-5).log()).abs().mean()
+        scale = 1.0 / len(self.resolutions)
+        parts = {k: v * scale for k, v in parts.items()}
+        total = parts["log_magnitude"] + parts["convergence"] + self.mel_weight * parts["mel"]
+        return total, {k: float(v.detach()) for k, v in parts.items()}

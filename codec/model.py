@@ -1,0 +1,246 @@
+"""The tokenwave codec: STFT-frame encoder -> residual vector quantizer -> iSTFT decoder.
+
+Shapes: waveform ``[B, 1, N]``; frames ``[B, T, n_fft]``; latents ``[B, T, D]``; codes
+``[B, K, T]``.
+
+Timing. With hop ``h`` and window ``n_fft = m * h``, frame ``t`` analyses input samples
+``[(t + 1) h - n_fft, (t + 1) h)`` (zeros before the start) and the decoder's frame ``t``
+synthesises the same span, overlap-added. A signal of N samples gives
+``T = (N - 1) // h + m`` frames: enough that every input sample is covered by all m frames
+that overlap it. Sample s is final once frame ``s // h + m - 1`` is decoded, which needs input
+up to ``(s // h + m) h``: the algorithmic latency is ``n_fft`` samples (40 ms by default).
+
+Bit-exact streaming. CPU matrix products round differently depending on how many rows they
+get, so encoding a signal in chunks computes latents that differ from whole-signal encoding in
+the last float32 bits, which can flip a code at a near-tie. Inference therefore runs the
+encoder and the nearest-code search in float64 (:meth:`CodecModel.prepare_for_inference`;
+cheap at 50 frames per second), where such differences (~1e-16) cannot change a code short of
+an exact tie. Training runs in float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from codec.config import CodecConfig
+from codec.errors import AudioError, ModelError
+from codec.interface import AudioCodec
+from codec.modules import ConvNeXtStack, ISTFTHead, STFTFeatures, frame_signal, overlap_add
+from codec.quantizer import ResidualVectorQuantizer
+
+
+class Encoder(nn.Module):
+    """Frames ``[B, T, n_fft]`` -> latents ``[B, T, latent_dim]``; causal over frames."""
+
+    def __init__(self, config: CodecConfig):
+        super().__init__()
+        self.analysis = STFTFeatures(config.n_fft)
+        self.proj_in = nn.Linear(self.analysis.num_features, config.encoder_dim)
+        self.stack = ConvNeXtStack(config.encoder_dim, config.encoder_layers, config.kernel_size, config.mlp_ratio)
+        self.proj_out = nn.Linear(config.encoder_dim, config.latent_dim)
+
+    def forward(self, frames: torch.Tensor, cache: list | None = None) -> tuple[torch.Tensor, list]:
+        x = self.proj_in(self.analysis(frames))
+        x, cache = self.stack(x, cache)
+        return self.proj_out(x), cache
+
+
+class Decoder(nn.Module):
+    """Latents ``[B, T, latent_dim]`` -> windowed output frames ``[B, T, n_fft]``; causal."""
+
+    def __init__(self, config: CodecConfig):
+        super().__init__()
+        self.proj_in = nn.Linear(config.latent_dim, config.decoder_dim)
+        self.stack = ConvNeXtStack(config.decoder_dim, config.decoder_layers, config.kernel_size, config.mlp_ratio)
+        self.head = ISTFTHead(config.decoder_dim, config.n_fft, config.hop_length)
+
+    def forward(self, latent: torch.Tensor, cache: list | None = None) -> tuple[torch.Tensor, list]:
+        x, cache = self.stack(self.proj_in(latent), cache)
+        return self.head(x), cache
+
+
+class CodecModel(nn.Module, AudioCodec):
+    """Neural speech codec with one model for every bitrate (1 to ``num_codebooks`` codebooks)."""
+
+    def __init__(self, config: CodecConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.quantizer = ResidualVectorQuantizer(
+            config.latent_dim,
+            config.num_codebooks,
+            config.codebook_size,
+            decay=config.ema_decay,
+            dead_code_threshold=config.dead_code_threshold,
+            kmeans_iters=config.kmeans_iters,
+            dropout=config.quantizer_dropout,
+        )
+        self.decoder = Decoder(config)
+        # How often each code occurs on training data [K, codebook_size]: the entropy coder's tables.
+        self.register_buffer("code_counts", torch.ones(config.num_codebooks, config.codebook_size))
+        self._fingerprint: str | None = None
+
+    # -- AudioCodec properties ---------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.config.frame_rate
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def max_codebooks(self) -> int:
+        return self.config.num_codebooks
+
+    @property
+    def hop(self) -> int:
+        return self.config.hop_length
+
+    @property
+    def overlap(self) -> int:
+        """m: frames overlapping each sample (``n_fft / hop``)."""
+        return self.config.n_fft // self.config.hop_length
+
+    @property
+    def fingerprint(self) -> str:
+        """First 16 hex digits of a SHA-256 over the weights (as float32), names sorted."""
+        if self._fingerprint is None:
+            return weights_fingerprint(self.state_dict())
+        return self._fingerprint
+
+    def prepare_for_inference(self) -> "CodecModel":
+        """Eval mode, encoder and codebooks in float64 (bit-exact streaming), decoder as is."""
+        self._fingerprint = weights_fingerprint(self.state_dict())
+        self.eval()
+        self.encoder.double()
+        self.quantizer.double()
+        return self
+
+    # -- framing -----------------------------------------------------------------------------
+    def num_frames(self, length: int) -> int:
+        """Frames T for a signal of ``length`` samples (see the module docstring)."""
+        return (length - 1) // self.hop + self.overlap
+
+    def pad(self, wav: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` -> ``[B, (m - 1) h + T h]``: analysis history (zeros) before, zeros after."""
+        length = wav.shape[-1]
+        left = self.config.n_fft - self.hop
+        right = self.num_frames(length) * self.hop - length
+        return torch.nn.functional.pad(wav, (left, right))
+
+    def synthesize(self, frames: torch.Tensor, length: int | None) -> torch.Tensor:
+        """Decoder frames ``[B, T, n_fft]`` -> waveform ``[B, 1, length]`` by overlap-add."""
+        num_frames = frames.shape[1]
+        audio = overlap_add(frames, self.hop)[:, self.config.n_fft - self.hop :]
+        valid = (num_frames - self.overlap + 1) * self.hop
+        length = valid if length is None else length
+        if length > valid:
+            raise ModelError(f"cannot decode {length} samples from {num_frames} frames (at most {valid})")
+        return audio[:, None, :length]
+
+    # -- training ----------------------------------------------------------------------------
+    def forward(self, wav: torch.Tensor):
+        """Training pass: ``wav`` ``[B, 1, N]`` -> (reconstruction ``[B, 1, N]``, QuantizerOutput)."""
+        length = wav.shape[-1]
+        frames = frame_signal(self.pad(wav[:, 0]), self.config.n_fft, self.hop)
+        latent, _ = self.encoder(frames)
+        quantized = self.quantizer(latent)
+        out_frames, _ = self.decoder(quantized.quantized)
+        return self.synthesize(out_frames, length), quantized
+
+    # -- inference ---------------------------------------------------------------------------
+    def _as_batch(self, wav, sample_rate: int) -> torch.Tensor:
+        """Any of ``[N]``, ``[B, N]``, ``[B, 1, N]`` (tensor or array) -> ``[B, N]`` at our rate."""
+        if isinstance(wav, np.ndarray):
+            wav = torch.from_numpy(np.ascontiguousarray(wav))
+        if not isinstance(wav, torch.Tensor) or not wav.is_floating_point():
+            raise AudioError("audio must be a floating-point tensor or array")
+        if wav.dim() == 3:
+            if wav.shape[1] != 1:
+                raise AudioError(f"expected mono audio [B, 1, N], got {tuple(wav.shape)}")
+            wav = wav[:, 0]
+        elif wav.dim() == 1:
+            wav = wav[None]
+        elif wav.dim() != 2:
+            raise AudioError(f"expected audio shaped [N], [B, N] or [B, 1, N], got {tuple(wav.shape)}")
+        if wav.shape[-1] == 0:
+            raise AudioError("audio is empty (zero samples)")
+        if not torch.isfinite(wav).all():
+            raise AudioError("audio contains NaN or Inf samples")
+        if sample_rate != self.sample_rate:
+            from codec.audio import resample
+
+            wav = torch.from_numpy(resample(wav.cpu().float().numpy(), sample_rate, self.sample_rate))
+        return wav
+
+    @torch.no_grad()
+    def encode(self, wav, sample_rate: int, bitrate: float | None = None) -> torch.Tensor:
+        """Waveform (``[B, 1, N]``, ``[B, N]`` or ``[N]``) -> codes ``[B, K, T]`` int64,
+        K from ``bitrate`` in kbps (all codebooks when None)."""
+        num_codebooks = self.bitrate_to_codebooks(bitrate)
+        wav = self._as_batch(wav, sample_rate)
+        dtype = self.encoder.proj_in.weight.dtype
+        device = self.encoder.proj_in.weight.device
+        frames = frame_signal(self.pad(wav.to(device, dtype)), self.config.n_fft, self.hop)
+        latent, _ = self.encoder(frames)
+        return self.quantizer.encode(latent, num_codebooks)
+
+    def check_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Validate codes ``[B, K, T]`` for this model; returns them as int64."""
+        if not isinstance(codes, torch.Tensor):
+            codes = torch.as_tensor(np.asarray(codes))
+        if codes.dim() != 3 or codes.is_floating_point() or codes.is_complex():
+            raise ModelError(f"codes must be an integer tensor [B, K, T], got {codes.dtype} {tuple(codes.shape)}")
+        if not 1 <= codes.shape[1] <= self.max_codebooks:
+            raise ModelError(f"{self.name} takes 1 to {self.max_codebooks} codebooks, got {codes.shape[1]}")
+        if codes.shape[2] < self.overlap:
+            raise ModelError(f"{self.name} needs at least {self.overlap} frames, got {codes.shape[2]}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise ModelError(f"codes must lie in [0, {self.codebook_size}) for {self.name}")
+        return codes.long()
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """Codes ``[B, K, T]`` -> waveform ``[B, 1, N]``; N = ``length`` or the longest valid span."""
+        codes = self.check_codes(codes).to(self.encoder.proj_in.weight.device)
+        dtype = self.decoder.proj_in.weight.dtype
+        frames, _ = self.decoder(self.quantizer.decode(codes).to(dtype))
+        return self.synthesize(frames, length)
+
+    def stream_encoder(self, bitrate: float | None = None, batch: int = 1):
+        from codec.streaming import StreamingEncoder
+
+        return StreamingEncoder(self, self.bitrate_to_codebooks(bitrate), batch)
+
+    def stream_decoder(self, length: int | None = None, batch: int = 1):
+        from codec.streaming import StreamingDecoder
+
+        return StreamingDecoder(self, length, batch)
+
+    def probabilities(self) -> np.ndarray:
+        """Entropy-coding tables ``[K, codebook_size]`` derived from ``code_counts``."""
+        from codec.entropy import probabilities_from_counts
+
+        return probabilities_from_counts(self.code_counts.double().cpu().numpy())
+
+
+def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over tensor names and float32 values, sorted by name -> 16 hex digits."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        digest.update(name.encode())
+        digest.update(state_dict[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

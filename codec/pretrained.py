@@ -1,0 +1,126 @@
+"""Saving and loading codecs: ``codec.load(name_or_path)``.
+
+A saved codec is a folder with ``model.safetensors`` (float16 weights) and ``config.json``
+(the :class:`CodecConfig` fields plus ``weights_sha256``, checked on load so that a tampered
+or truncated weights file is refused). Nothing is unpickled.
+
+Names resolve in this order: a folder path; a folder of that name under ``$TOKENWAVE_WEIGHTS``
+or the repository's ``weights/``; the built-in random test models ``tiny-16k`` and
+``tiny-24k``; ``hf:<id or folder>`` for EnCodec, DAC or Mimi through ``transformers``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from codec.config import CodecConfig, tiny
+from codec.errors import ModelError
+from codec.interface import AudioCodec
+from codec.model import CodecModel
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+DEFAULT_MODEL = "speech-16k"
+REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+
+
+def weights_dirs() -> list[Path]:
+    dirs = [Path(p) for p in os.environ.get("TOKENWAVE_WEIGHTS", "").split(os.pathsep) if p]
+    return dirs + [REPO_WEIGHTS]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_pretrained(model: CodecModel, directory: str | Path, extra: dict | None = None) -> Path:
+    """Write ``model.safetensors`` (float16) and ``config.json`` into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
+    tmp = directory / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "model": model.config.name})
+    os.replace(tmp, directory / WEIGHTS_FILE)
+    config = model.config.to_dict() | {"weights_sha256": file_sha256(directory / WEIGHTS_FILE)} | (extra or {})
+    tmp = directory / (CONFIG_FILE + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, directory / CONFIG_FILE)
+    return directory
+
+
+def load_pretrained(directory: str | Path) -> CodecModel:
+    """Load a folder written by :func:`save_pretrained`, ready for inference."""
+    directory = Path(directory)
+    weights, config_path = directory / WEIGHTS_FILE, directory / CONFIG_FILE
+    if not weights.is_file() or not config_path.is_file():
+        raise ModelError(f"{directory} is not a tokenwave codec folder (needs {WEIGHTS_FILE} and {CONFIG_FILE})")
+    try:
+        data = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"cannot read {config_path}: {error}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{config_path} must hold a JSON object")
+    expected = data.pop("weights_sha256", None)
+    data.pop("training", None)
+    if expected is not None and file_sha256(weights) != expected:
+        raise ModelError(f"{weights} does not match the sha256 in {config_path}: the file is corrupted or was changed")
+    config = CodecConfig.from_dict(data)
+    model = CodecModel(config)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as error:
+        raise ModelError(f"cannot read {weights}: {error}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise ModelError(f"{weights} does not fit its config: {first}") from None
+    return model.prepare_for_inference()
+
+
+def tiny_random(sample_rate: int = 16_000, seed: int = 0) -> CodecModel:
+    """An untrained tiny model (random weights, fixed seed): for tests, not for listening."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = CodecModel(tiny(sample_rate))
+    return model.prepare_for_inference()
+
+
+def load(name_or_path: str = DEFAULT_MODEL) -> AudioCodec:
+    """A codec by name or path (see the module docstring)."""
+    if name_or_path.startswith("hf:"):
+        from codec.hf_codecs import load_hf_codec
+
+        return load_hf_codec(name_or_path[3:])
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return load_pretrained(path)
+    if "/" not in name_or_path and name_or_path not in ("", ".", ".."):
+        for folder in weights_dirs():
+            if (folder / name_or_path).is_dir():
+                return load_pretrained(folder / name_or_path)
+    builtin = {"tiny-16k": 16_000, "tiny-24k": 24_000}
+    if name_or_path in builtin:
+        return tiny_random(builtin[name_or_path])
+    names = sorted(available_models())
+    raise ModelError(f"no codec named {name_or_path!r}; available: {', '.join(names)} (or a folder, or hf:<id>)")
+
+
+def available_models() -> list[str]:
+    """Names :func:`load` resolves without a path: shipped weights and the tiny test models."""
+    names = {"tiny-16k", "tiny-24k"}
+    for folder in weights_dirs():
+        if folder.is_dir():
+            names.update(p.name for p in folder.iterdir() if (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file())
+    return sorted(names)
