@@ -87,8 +87,9 @@ class EMACodebook(nn.Module):
             centroids, sizes = kmeans(gathered, self.size, self.kmeans_iters)
             world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
             self.embed.copy_(_all_reduce(centroids) / world)
-            self.embed_avg.copy_(self.embed)
             self.cluster_size.copy_(_all_reduce(sizes) / world)
+            # embed_avg is the EMA of the *sum* of assigned vectors: embed * cluster size.
+            self.embed_avg.copy_(self.embed * self.cluster_size[:, None])
             self.initialized.fill_(1.0)
             return
         counts = torch.bincount(index, minlength=self.size).float()
