@@ -1,0 +1,244 @@
+"""The ``tokenwave`` command line.
+
+Every error a user can cause is printed as one line, ``error: ...``, without a traceback.
+Exit codes: 0 success, 1 some inputs failed (the others were processed), 2 usage or fatal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from codec.errors import TokenwaveError
+
+DEFAULT_MODEL = "speech-16k"
+
+
+def _resolve_model_name(name: str | None) -> str:
+    from codec.pretrained import available_models
+
+    if name:
+        return name
+    return DEFAULT_MODEL if DEFAULT_MODEL in available_models() else "tiny-16k"
+
+
+def _load_model(name: str | None):
+    import codec
+
+    resolved = _resolve_model_name(name)
+    if resolved == "tiny-16k" and not name:
+        tqdm.write("note: no trained speech-16k weights found; using the untrained tiny-16k test model", file=sys.stderr)
+    return codec.load(resolved)
+
+
+def _inputs(paths: list[str], suffixes: set[str]) -> list[tuple[Path, Path | None]]:
+    """Files given, and files under folders given, each with its root folder (None for files)."""
+    found = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+            if not files:
+                raise TokenwaveError(f"{path}: no {' or '.join(sorted(suffixes))} files in this folder")
+            found += [(p, path) for p in files]
+        elif path.exists():
+            found.append((path, None))
+        else:
+            raise TokenwaveError(f"{path}: no such file or folder")
+    return found
+
+
+def _run_each(items, action, desc: str) -> int:
+    """Apply ``action`` to each item with a progress bar; report failures, keep going."""
+    failures = 0
+    bar = tqdm(items, desc=desc, unit="file", disable=len(items) < 2, file=sys.stderr)
+    for item in bar:
+        try:
+            message = action(item)
+            if message:
+                tqdm.write(message, file=sys.stderr)
+        except TokenwaveError as error:
+            failures += 1
+            tqdm.write(f"error: {error}", file=sys.stderr)
+    if failures:
+        tqdm.write(f"{failures} of {len(items)} file(s) failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_compress(args) -> int:
+    from codec.audio import AUDIO_EXTENSIONS
+    from codec.files import TOKEN_SUFFIX, compress_file, output_path
+
+    inputs = _inputs(args.inputs, AUDIO_EXTENSIONS)
+    model = _load_model(args.model)
+    out = Path(args.output) if args.output else None
+    single = len(inputs) == 1 and inputs[0][1] is None
+
+    def action(item):
+        source, root = item
+        target = output_path(source, root, out, TOKEN_SUFFIX, single)
+        size = compress_file(model, source, target, args.bitrate, args.channels == "separate", args.coding, args.force)
+        return f"{source} -> {target} ({size} bytes)"
+
+    return _run_each(inputs, action, "compress")
+
+
+def cmd_decompress(args) -> int:
+    import codec
+    from codec.files import TOKEN_SUFFIX, decompress_file, model_name_of, output_path
+
+    inputs = _inputs(args.inputs, {TOKEN_SUFFIX})
+    out = Path(args.output) if args.output else None
+    single = len(inputs) == 1 and inputs[0][1] is None
+    models = {}
+
+    def action(item):
+        source, root = item
+        name = args.model or model_name_of(source)
+        if name not in models:
+            models[name] = codec.load(name)
+        target = output_path(source, root, out, ".wav", single)
+        seconds = decompress_file(models[name], source, target, args.force)
+        return f"{source} -> {target} ({seconds:.2f} s)"
+
+    return _run_each(inputs, action, "decompress")
+
+
+def cmd_info(args) -> int:
+    from codec.files import describe
+
+    print("\n".join(describe(Path(args.file)).lines()))
+    return 0
+
+
+def cmd_roundtrip(args) -> int:
+    import numpy as np
+
+    from codec.audio import load_audio, write_audio
+    from codec.files import decode_bytes, encode_audio
+
+    target = Path(args.output)
+    if target.exists() and not args.force:
+        raise TokenwaveError(f"{target} exists; use --force to overwrite")
+    model = _load_model(args.model)
+    wav, sample_rate = load_audio(args.input)
+    data = encode_audio(model, wav, sample_rate, args.bitrate)
+    decoded, out_rate = decode_bytes(model, data)
+    write_audio(target, decoded, out_rate)
+    seconds = decoded.shape[-1] / out_rate
+    reference, _ = load_audio(args.input, out_rate)
+    n = min(reference.shape[-1], decoded.shape[-1])
+    noise = np.sum((reference[:, :n] - decoded[:, :n]) ** 2)
+    snr = 10 * np.log10(np.sum(reference[:, :n] ** 2) / max(noise, 1e-12) + 1e-12)
+    print(f"{args.input} -> {target}: {seconds:.2f} s, {len(data)} bytes ({len(data) * 8 / seconds / 1000:.2f} kbps "
+          f"with {model.name}), waveform SNR {snr:.1f} dB")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from codec.benchmark import run_bench
+
+    print(run_bench(_load_model(args.model), seconds=args.seconds, threads=args.threads))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from codec.pretrained import available_models
+
+    for name in available_models():
+        print(name)
+    return 0
+
+
+def cmd_train_codec(args) -> int:
+    from codec.train import TrainConfig, train_codec
+
+    codec_config = {"name": args.name, "sample_rate": args.sample_rate, "hop_length": args.sample_rate // 50,
+                    "n_fft": args.sample_rate // 25}
+    config = TrainConfig(manifests=args.manifest, out_dir=args.out, steps=args.steps, batch_size=args.batch_size,
+                         crop_seconds=args.crop_seconds, lr=args.lr, checkpoint_every=args.checkpoint_every,
+                         eval_every=args.checkpoint_every, seed=args.seed, threads=args.threads, resume=args.resume,
+                         codec=codec_config)
+    export = train_codec(config)
+    print(f"weights exported to {export}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokenwave", description="Audio to discrete tokens and back.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compress", help="audio files or folders -> token files")
+    p.add_argument("inputs", nargs="+", help="audio files (WAV/FLAC/OGG/AIFF) or folders")
+    p.add_argument("-o", "--output", help="output .tok file (one input) or folder")
+    p.add_argument("--model", help=f"codec name or folder (default {DEFAULT_MODEL})")
+    p.add_argument("--bitrate", type=float, default=None, help="kbps (default: the model's highest)")
+    p.add_argument("--channels", choices=["mix", "separate"], default="mix",
+                   help="mix: downmix to mono (default); separate: code each channel")
+    p.add_argument("--coding", choices=["auto", "range", "packed"], default="auto",
+                   help="range coding with the model's tables, or plain bit-packing")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("decompress", help="token files or folders -> WAV")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("-o", "--output", help="output .wav/.flac file (one input) or folder")
+    p.add_argument("--model", help="codec name or folder (default: the one named in the file)")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.set_defaults(func=cmd_decompress)
+
+    p = sub.add_parser("info", help="describe a token file")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("roundtrip", help="encode and decode an audio file")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--model")
+    p.add_argument("--bitrate", type=float, default=None)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_roundtrip)
+
+    p = sub.add_parser("bench", help="encode/decode speed and memory, ours vs EnCodec 24 kHz")
+    p.add_argument("--model")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("models", help="list the codecs available by name")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("train-codec", help="train the codec on manifests or folders")
+    p.add_argument("--manifest", action="append", required=True, help="manifest.jsonl or folder (repeatable)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, logs, export/")
+    p.add_argument("--name", default=DEFAULT_MODEL)
+    p.add_argument("--sample-rate", type=int, default=16_000)
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--crop-seconds", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(func=cmd_train_codec)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TokenwaveError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
