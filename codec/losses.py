@@ -51,9 +51,10 @@ class SpectralLoss(nn.Module):
         for n_fft in self.resolutions:
             window, mel = getattr(self, f"window_{n_fft}"), getattr(self, f"mel_{n_fft}")
             stft = lambda x: torch.stft(x, n_fft, n_fft // 4, window=window, return_complex=True)  # noqa: E731
-            p = stft(pred).abs().clamp_min(1e-7)
-            t = stft(target).abs().clamp_min(1e-7)
-            parts["log_magnitude"] = parts["log_magnitude"] + (p.log() - t.log()).abs().mean()
+            p = stft(pred).abs()
+            t = stft(target).abs()
+            # Floor at 1e-5 (about -100 dB): inaudible bins should not dominate the log loss.
+            parts["log_magnitude"] = parts["log_magnitude"] + (p.clamp_min(1e-5).log() - t.clamp_min(1e-5).log()).abs().mean()
             parts["convergence"] = parts["convergence"] + torch.linalg.norm(p - t) / torch.linalg.norm(t).clamp_min(1e-7)
             p_mel, t_mel = mel @ p, mel @ t
             parts["mel"] = parts["mel"] + (p_mel.clamp_min(1e-5).log() - t_mel.clamp_min(1e-5).log()).abs().mean()

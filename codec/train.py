@@ -178,9 +178,9 @@ def train_codec(config: TrainConfig) -> Path:
         if (step + 1) % 10 == 0:
             steps_per_second = window_steps / (time.time() - window_start)
             window_start, window_steps = time.time(), 0
-            record = {"step": step + 1, "loss": float(loss), "commitment": float(quantized.commitment_loss),
+            record = {"step": step + 1, "loss": float(loss.detach()), "commitment": float(quantized.commitment_loss.detach()),
                       "grad_norm": float(grad_norm), "lr": lr_at(step, config), "steps_per_s": steps_per_second} | parts
-            bar.set_postfix(loss=f"{float(loss):.3f}", mel=f"{parts['mel']:.3f}", sps=f"{steps_per_second:.2f}")
+            bar.set_postfix(loss=f"{record['loss']:.3f}", mel=f"{parts['mel']:.3f}", sps=f"{steps_per_second:.2f}")
             if (step + 1) % config.eval_every == 0:
                 record |= evaluate(model, dev_batch, loss_fn)
                 tqdm.write(json.dumps(record))
