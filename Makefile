@@ -24,9 +24,15 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
+DEMO_INPUT ?= weights/samples/kathleen_arctic_a0001.flac
+
 ## The main job on the shipped defaults: compress a recording to a token file and back.
 demo: install
-	$(VENV)/bin/tokenwave demo-codec
+	mkdir -p out
+	$(VENV)/bin/tokenwave compress $(DEMO_INPUT) -o out/demo.tok --bitrate 6 --force
+	$(VENV)/bin/tokenwave info out/demo.tok
+	$(VENV)/bin/tokenwave decompress out/demo.tok -o out/demo.wav --force
+	@echo "listen: out/demo.wav (original: $(DEMO_INPUT))"
 
 ## The test suite (what CI runs).
 test: install-dev

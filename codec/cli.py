@@ -144,6 +144,11 @@ def cmd_bench(args) -> int:
     from codec.config import CodecConfig
     from codec.model import CodecModel
 
+    if args.training:
+        from codec.bench_training import bench_training_step
+
+        print(bench_training_step(threads=args.threads))
+        return 0
     name = _resolve_model_name(args.model)
     if name == "tiny-16k" and not args.model:
         # Speed does not depend on the weights: time the default architecture untrained.
@@ -215,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--training", action="store_true", help="time one training step of our design vs a SEANet codec")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("models", help="list the codecs available by name")
