@@ -25,7 +25,7 @@ class CodecConfig:
     n_fft: int = 640  # two hops: 40 ms window, 40 ms algorithmic latency
     encoder_dim: int = 256
     encoder_layers: int = 6
-    decoder_dim: int = 512
+    decoder_dim: int = 384
     decoder_layers: int = 8
     kernel_size: int = 7  # causal depthwise convolution over frames
     mlp_ratio: int = 3

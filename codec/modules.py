@@ -32,13 +32,24 @@ class CausalConvNeXtBlock(nn.Module):
     def empty_cache(self, batch: int, dim: int, like: torch.Tensor) -> torch.Tensor:
         return like.new_zeros(batch, self.kernel_size - 1, dim)
 
+    def _depthwise(self, padded: torch.Tensor) -> torch.Tensor:
+        """Causal depthwise conv over ``[B, T + k - 1, C]`` -> ``[B, T, C]``."""
+        if padded.dtype != torch.float64:
+            return self.dwconv(padded.transpose(1, 2)).transpose(1, 2)
+        # torch's float64 depthwise conv takes a very slow path; a sum of k shifted, weighted
+        # copies is fast and computes every frame the same way whatever the chunking.
+        steps = padded.shape[1] - self.kernel_size + 1
+        weight = self.dwconv.weight[:, 0]  # [C, k]
+        h = self.dwconv.bias + padded[:, :steps] * weight[:, 0]
+        for tap in range(1, self.kernel_size):
+            h = h + padded[:, tap : tap + steps] * weight[:, tap]
+        return h
+
     def forward(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` ``[B, T, C]``, ``cache`` ``[B, k-1, C]`` -> ``([B, T, C], new cache)``."""
         padded = torch.cat([cache, x], dim=1)
         new_cache = padded[:, padded.shape[1] - (self.kernel_size - 1) :]
-        # Depthwise conv as an explicit weighted sum of shifted frames ([B, T, C, k] * [C, k]):
-        # fast in float64 too (torch's float64 depthwise conv falls back to a slow path).
-        h = (padded.unfold(1, self.kernel_size, 1) * self.dwconv.weight[:, 0]).sum(-1) + self.dwconv.bias
+        h = self._depthwise(padded)
         h = self.fc2(F.gelu(self.fc1(self.norm(h))))
         return x + self.gamma * h, new_cache
 

@@ -70,8 +70,8 @@ class EMACodebook(nn.Module):
     def nearest(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``[M, D]`` -> index of the nearest code ``[M]`` (squared Euclidean distance)."""
         embed = self.embed.to(x.dtype)
-        distance = x.pow(2).sum(-1, keepdim=True) - 2 * x @ embed.t() + embed.pow(2).sum(-1)[None]
-        return distance.argmin(dim=-1)
+        # |x - e|^2 = |x|^2 - 2 x.e + |e|^2; |x|^2 is the same for every code, so it is left out.
+        return (embed.pow(2).sum(-1)[None] - 2 * x @ embed.t()).argmin(dim=-1)
 
     def lookup(self, index: torch.Tensor) -> torch.Tensor:
         """Indices ``[...]`` -> code vectors ``[..., D]``."""
