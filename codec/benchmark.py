@@ -190,6 +190,8 @@ def _num_parameters(codec: AudioCodec) -> int | None:
     n = getattr(codec, "num_parameters", None)
     if isinstance(n, int):
         return n
+    if isinstance(codec, torch.nn.Module):
+        return sum(p.numel() for p in codec.parameters())
     modules = [v for v in vars(codec).values() if isinstance(v, torch.nn.Module)]
     if not modules:
         return None

@@ -40,7 +40,11 @@ def _inputs(paths: list[str], suffixes: set[str]) -> list[tuple[Path, Path | Non
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+            files = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in suffixes
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
             if not files:
                 raise TokenwaveError(f"{path}: no {' or '.join(sorted(suffixes))} files in this folder")
             found += [(p, path) for p in files]
@@ -74,6 +78,7 @@ def cmd_compress(args) -> int:
 
     inputs = _inputs(args.inputs, AUDIO_EXTENSIONS)
     model = _load_model(args.model)
+    model.bitrate_to_codebooks(args.bitrate)  # a bad bitrate is one fatal error, not one per file
     out = Path(args.output) if args.output else None
     single = len(inputs) == 1 and inputs[0][1] is None
 
@@ -88,7 +93,7 @@ def cmd_compress(args) -> int:
 
 def cmd_decompress(args) -> int:
     import codec
-    from codec.files import TOKEN_SUFFIX, decompress_file, model_name_of, output_path
+    from codec.files import DECODED_SUFFIX, TOKEN_SUFFIX, decompress_file, installed_model_of, output_path
 
     inputs = _inputs(args.inputs, {TOKEN_SUFFIX})
     out = Path(args.output) if args.output else None
@@ -97,10 +102,10 @@ def cmd_decompress(args) -> int:
 
     def action(item):
         source, root = item
-        name = args.model or model_name_of(source)
+        name = args.model or installed_model_of(source)
         if name not in models:
             models[name] = codec.load(name)
-        target = output_path(source, root, out, ".wav", single)
+        target = output_path(source, root, out, ".wav" if out else DECODED_SUFFIX, single)
         seconds = decompress_file(models[name], source, target, args.force)
         return f"{source} -> {target} ({seconds:.2f} s)"
 
@@ -124,6 +129,7 @@ def cmd_roundtrip(args) -> int:
     if target.exists() and not args.force:
         raise TokenwaveError(f"{target} exists; use --force to overwrite")
     model = _load_model(args.model)
+    model.bitrate_to_codebooks(args.bitrate)
     wav, sample_rate = load_audio(args.input)
     data = encode_audio(model, wav, sample_rate, args.bitrate)
     decoded, out_rate = decode_bytes(model, data)
@@ -199,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("decompress", help="token files or folders -> WAV")
     p.add_argument("inputs", nargs="+")
-    p.add_argument("-o", "--output", help="output .wav/.flac file (one input) or folder")
+    p.add_argument("-o", "--output", help="output .wav/.flac file (one input) or folder (default: NAME.decoded.wav beside each input)")
     p.add_argument("--model", help="codec name or folder (default: the one named in the file)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.set_defaults(func=cmd_decompress)

@@ -67,7 +67,7 @@ class CodecConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CodecConfig":
+    def from_dict(cls, data: dict) -> CodecConfig:
         if not isinstance(data, dict):
             raise ModelError("codec config must be a JSON object")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -85,7 +85,7 @@ class CodecConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "CodecConfig":
+    def load(cls, path: str | Path) -> CodecConfig:
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -15,6 +15,7 @@ from codec.errors import AudioError, TokenFileError, TokenwaveError
 from codec.interface import AudioCodec
 
 TOKEN_SUFFIX = ".tok"
+DECODED_SUFFIX = ".decoded.wav"
 
 
 def _probabilities(model: AudioCodec) -> np.ndarray | None:
@@ -67,9 +68,21 @@ def decode_bytes(model: AudioCodec, data: bytes) -> tuple[np.ndarray, int]:
     return wav[:, 0].float().cpu().numpy(), header.sample_rate
 
 
-def model_name_of(path: Path) -> str:
-    """The model name recorded in a token file's header."""
-    return tokenfile.read_header(tokenfile.read_token_file(path, max_bytes=tokenfile.DEFAULT_MAX_FILE_BYTES)).model
+def installed_model_of(path: Path) -> str:
+    """The model named in a token file's header, if it is one installed here.
+
+    The header is untrusted: only plain names of shipped or built-in models are accepted, never a
+    path or a hub id, so a file cannot make us load something of its choosing.
+    """
+    from codec.pretrained import available_models
+
+    try:
+        name = tokenfile.read_header(tokenfile.read_token_file(path)).model
+    except TokenFileError as error:
+        raise TokenFileError(f"{path}: {error}") from None
+    if name not in available_models():
+        raise TokenFileError(f"{path}: made by model {name!r}, which is not installed here; pass --model")
+    return name
 
 
 def compress_file(model: AudioCodec, source: Path, target: Path, bitrate: float | None,
@@ -88,7 +101,10 @@ def decompress_file(model: AudioCodec, source: Path, target: Path, force: bool =
     """Decode one token file to audio (WAV or FLAC by extension); returns seconds of audio."""
     if target.exists() and not force:
         raise TokenwaveError(f"{target} exists; use --force to overwrite")
-    wav, sample_rate = decode_bytes(model, tokenfile.read_token_file(source))
+    try:
+        wav, sample_rate = decode_bytes(model, tokenfile.read_token_file(source))
+    except TokenFileError as error:
+        raise TokenFileError(f"{source}: {error}") from None
     if wav.shape[-1] == 0:
         raise AudioError(f"{source}: holds no audio")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -119,8 +135,8 @@ class TokenFileInfo:
             f"coding:         {h.coding}, {h.num_chunks} chunk(s) of up to {h.chunk_frames} frames",
             f"file size:      {self.file_bytes} bytes",
             f"bitrate used:   {payload / 1000:.3f} kbps codes, {whole / 1000:.3f} kbps whole file",
-            f"plain packing:  {packed / 1000:.3f} kbps at {h.bits_per_code} bits per code "
-            f"(entropy coding saves {100 * (1 - payload / packed) if packed else 0:.1f}%)",
+            (f"plain packing:  {packed / 1000:.3f} kbps at {h.bits_per_code} bits per code "
+             f"(entropy coding saves {100 * (1 - payload / packed) if packed else 0:.1f}%)"),
         ]
 
 

@@ -7,6 +7,7 @@ int64 tensors with K codebooks and T frames.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import torch
@@ -40,6 +41,8 @@ class AudioCodec(ABC):
 
         if bitrate is None:
             return self.max_codebooks
+        if not math.isfinite(bitrate):
+            raise ModelError(f"bitrate must be a finite number of kbps, got {bitrate}")
         per_codebook = self.codebooks_to_bitrate(1)
         k = round(bitrate / per_codebook)
         if k < 1 or k > self.max_codebooks or abs(k * per_codebook - bitrate) > 1e-6 * max(1.0, bitrate):

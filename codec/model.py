@@ -121,7 +121,7 @@ class CodecModel(nn.Module, AudioCodec):
             return weights_fingerprint(self.state_dict())
         return self._fingerprint
 
-    def prepare_for_inference(self) -> "CodecModel":
+    def prepare_for_inference(self) -> CodecModel:
         """Eval mode, encoder and codebooks in float64 (bit-exact streaming), decoder as is."""
         self._fingerprint = weights_fingerprint(self.state_dict())
         self.eval()

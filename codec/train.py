@@ -87,7 +87,7 @@ def load_latest_checkpoint(out_dir: Path) -> dict | None:
     for path in reversed(_checkpoints(out_dir)):
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # a torn or corrupted file: fall back to the previous one
+        except Exception as error:  # noqa: BLE001 - any torn or corrupted file: fall back to the previous one
             tqdm.write(f"warning: skipping unreadable checkpoint {path.name}: {type(error).__name__}")
     return None
 
@@ -160,36 +160,36 @@ def train_codec(config: TrainConfig) -> Path:
         tqdm.write(f"resumed from step {start}")
     loss_fn = SpectralLoss(codec_config.sample_rate)
     crop = int(config.crop_seconds * codec_config.sample_rate) // codec_config.hop_length * codec_config.hop_length
-    log = open(out_dir / "log.jsonl", "a")
-    model.train()
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train-codec", unit="step")
-    window_start, window_steps = time.time(), 0
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config)
-        wav = torch.from_numpy(train_set.batch(step_rng(config.seed, step), config.batch_size, crop))
-        recon, quantized = model(wav)
-        spectral, parts = loss_fn(recon, wav)
-        loss = spectral + config.commitment_weight * quantized.commitment_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        window_steps += 1
-        if (step + 1) % 10 == 0:
-            steps_per_second = window_steps / (time.time() - window_start)
-            window_start, window_steps = time.time(), 0
-            record = {"step": step + 1, "loss": float(loss.detach()), "commitment": float(quantized.commitment_loss.detach()),
-                      "grad_norm": float(grad_norm), "lr": lr_at(step, config), "steps_per_s": steps_per_second} | parts
-            bar.set_postfix(loss=f"{record['loss']:.3f}", mel=f"{parts['mel']:.3f}", sps=f"{steps_per_second:.2f}")
-            if (step + 1) % config.eval_every == 0:
-                record |= evaluate(model, dev_batch, loss_fn)
-                tqdm.write(json.dumps(record))
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            save_checkpoint(out_dir, step + 1, model, optimizer, codec_config)
-            export(model, train_set, out_dir / "export", step + 1)
-    log.close()
+    with open(out_dir / "log.jsonl", "a") as log:
+        model.train()
+        bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train-codec", unit="step")
+        window_start, window_steps = time.time(), 0
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, config)
+            wav = torch.from_numpy(train_set.batch(step_rng(config.seed, step), config.batch_size, crop))
+            recon, quantized = model(wav)
+            spectral, parts = loss_fn(recon, wav)
+            loss = spectral + config.commitment_weight * quantized.commitment_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            window_steps += 1
+            if (step + 1) % 10 == 0:
+                steps_per_second = window_steps / (time.time() - window_start)
+                window_start, window_steps = time.time(), 0
+                record = {"step": step + 1, "loss": float(loss.detach()), "commitment": float(quantized.commitment_loss.detach()),
+                          "grad_norm": float(grad_norm), "lr": lr_at(step, config), "steps_per_s": steps_per_second} | parts
+                bar.set_postfix(loss=f"{record['loss']:.3f}", mel=f"{parts['mel']:.3f}", sps=f"{steps_per_second:.2f}")
+                if (step + 1) % config.eval_every == 0:
+                    record |= evaluate(model, dev_batch, loss_fn)
+                    tqdm.write(json.dumps(record))
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                save_checkpoint(out_dir, step + 1, model, optimizer, codec_config)
+                export(model, train_set, out_dir / "export", step + 1)
     return out_dir / "export"
 
 

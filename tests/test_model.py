@@ -177,7 +177,7 @@ def test_ema_codebook_learns_and_dead_codes_are_replaced():
     rvq = ResidualVectorQuantizer(dim=4, num_codebooks=2, codebook_size=16, dead_code_threshold=1.0, dropout=0.0)
     rvq.train()
     centers = torch.randn(8, 4) * 3
-    data = lambda: (centers[torch.randint(0, 8, (512,))] + 0.05 * torch.randn(512, 4))[None]  # noqa: E731
+    data = lambda: (centers[torch.randint(0, 8, (512,))] + 0.05 * torch.randn(512, 4))[None]
     errors = []
     for _ in range(80):
         x = data()
