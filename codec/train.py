@@ -1,15 +1,17 @@
 """Codec training loop (``tokenwave train-codec``).
 
 Losses: multi-resolution STFT + multi-scale mel (:mod:`codec.losses`) and the quantizer's
-commitment loss; codebooks learn by EMA. AdamW with linear warm-up and gradient clipping.
+commitment loss; codebooks learn by EMA. AdamW with linear warm-up, cosine decay and gradient
+clipping.
 
 Checkpoints (``OUT/checkpoints/step_XXXXXXX.pt``, written atomically, the last three kept) hold
 the model, optimizer, step and config; they are our own files and are read back with
 ``torch.load(weights_only=True)``, which cannot run code. ``--resume`` continues from the newest
 readable one and falls back to an older one if the newest is corrupted. The batch of step s is
-drawn from a generator seeded by (seed, s), so a resumed run sees exactly the data an
-uninterrupted one would. Every checkpoint also exports ``OUT/export/`` (float16 safetensors +
-config) with entropy-coding tables counted on training crops.
+drawn from a generator seeded by (seed, s), and torch's generator (quantizer dropout, dead-code
+re-seeding) is reseeded from (seed, s) too, so a resumed run repeats what an uninterrupted one
+does. Every checkpoint also exports ``OUT/export/`` (float16 safetensors + config) with
+entropy-coding tables counted on training crops.
 """
 
 from __future__ import annotations
@@ -168,6 +170,7 @@ def train_codec(config: TrainConfig) -> Path:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config)
             wav = torch.from_numpy(train_set.batch(step_rng(config.seed, step), config.batch_size, crop))
+            torch.manual_seed(config.seed * 1_000_003 + step)  # quantizer dropout, dead codes: same after resume
             recon, quantized = model(wav)
             spectral, parts = loss_fn(recon, wav)
             loss = spectral + config.commitment_weight * quantized.commitment_loss
