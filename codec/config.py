@@ -23,12 +23,12 @@ class CodecConfig:
     sample_rate: int = 16_000
     hop_length: int = 320  # 50 frames per second at 16 kHz
     n_fft: int = 640  # two hops: 40 ms window, 40 ms algorithmic latency
-    encoder_dim: int = 256
+    encoder_dim: int = 192
     encoder_layers: int = 6
     decoder_dim: int = 384
     decoder_layers: int = 8
     kernel_size: int = 7  # causal depthwise convolution over frames
-    mlp_ratio: int = 3
+    mlp_ratio: int = 2
     latent_dim: int = 128
     num_codebooks: int = 12
     codebook_size: int = 1024

@@ -71,7 +71,7 @@ class EMACodebook(nn.Module):
         """``x`` ``[M, D]`` -> index of the nearest code ``[M]`` (squared Euclidean distance)."""
         embed = self.embed.to(x.dtype)
         # |x - e|^2 = |x|^2 - 2 x.e + |e|^2; |x|^2 is the same for every code, so it is left out.
-        return (embed.pow(2).sum(-1)[None] - 2 * x @ embed.t()).argmin(dim=-1)
+        return torch.addmm(embed.pow(2).sum(-1)[None], x, embed.t(), alpha=-2.0).argmin(dim=-1)
 
     def lookup(self, index: torch.Tensor) -> torch.Tensor:
         """Indices ``[...]`` -> code vectors ``[..., D]``."""
