@@ -220,3 +220,14 @@ def find_audio_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
         else:
             raise _error(item, "no such file or folder")
     return found
+
+
+def resample_tensor(wav, from_rate: int, to_rate: int):
+    """:func:`resample` for a torch tensor ``[..., N]``; float32 on ``wav``'s device."""
+    import torch
+
+    if int(from_rate) == int(to_rate):
+        return wav
+    shape = wav.shape
+    y = resample(wav.detach().reshape(-1, shape[-1]).to("cpu", torch.float32).numpy(), int(from_rate), int(to_rate))
+    return torch.from_numpy(y).reshape(*shape[:-1], y.shape[-1]).to(wav.device)

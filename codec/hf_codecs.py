@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from codec.audio import resample_tensor as resample
 from codec.errors import AudioError, ModelError, TokenFileError
 from codec.interface import AudioCodec
 
@@ -86,24 +87,6 @@ def _first_line(e: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------------- resampling
-
-
-def resample(wav: torch.Tensor, from_rate: int, to_rate: int) -> torch.Tensor:
-    """Resample ``wav`` ``[..., N]`` from ``from_rate`` to ``to_rate`` Hz with soxr (HQ), on the CPU.
-
-    Returns float32 on ``wav``'s device; output length is ``round(N * to_rate / from_rate)`` (soxr's).
-    """
-    from_rate, to_rate = int(from_rate), int(to_rate)
-    if from_rate == to_rate:
-        return wav
-    import soxr
-
-    shape = wav.shape
-    x = wav.detach().reshape(-1, shape[-1]).to("cpu", torch.float32).numpy()
-    # soxr takes [frames, channels]: every row of the batch is one channel.
-    y = soxr.resample(np.ascontiguousarray(x.T), from_rate, to_rate, quality="HQ")
-    y = np.ascontiguousarray(np.asarray(y, dtype=np.float32).reshape(-1, x.shape[0]).T)
-    return torch.from_numpy(y).reshape(*shape[:-1], y.shape[-1]).to(wav.device)
 
 
 # --------------------------------------------------------------------------------------------- the codec

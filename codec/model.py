@@ -181,9 +181,9 @@ class CodecModel(nn.Module, AudioCodec):
         if not torch.isfinite(wav).all():
             raise AudioError("audio contains NaN or Inf samples")
         if sample_rate != self.sample_rate:
-            from codec.audio import resample
+            from codec.audio import resample_tensor
 
-            wav = torch.from_numpy(resample(wav.cpu().float().numpy(), sample_rate, self.sample_rate))
+            wav = resample_tensor(wav, sample_rate, self.sample_rate)
         return wav
 
     @torch.no_grad()
