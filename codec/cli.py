@@ -113,9 +113,12 @@ def cmd_decompress(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from codec.files import describe
+    from codec.files import code_statistics, describe
 
     print("\n".join(describe(Path(args.file)).lines()))
+    if args.stats:
+        model = _load_model(args.model) if args.model else None
+        print("\n".join(code_statistics(Path(args.file), model)))
     return 0
 
 
@@ -212,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe a token file")
     p.add_argument("file")
+    p.add_argument("--stats", action="store_true", help="also per-level codebook usage, perplexity and entropy")
+    p.add_argument("--model", help="codec for range-coded files (default: the one named in the file)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("roundtrip", help="encode and decode an audio file")

@@ -160,3 +160,27 @@ def output_path(source: Path, root: Path | None, out: Path | None, suffix: str, 
         return out
     relative = source.relative_to(root) if root is not None else Path(source.name)
     return out / relative.with_suffix(suffix)
+
+
+def code_statistics(path: Path, model: AudioCodec | None = None) -> list[str]:
+    """Per-level codebook usage, perplexity and entropy of a token file's codes.
+
+    Range-coded files need the model's tables: ``model``, or the installed model the header names.
+    """
+    from codec.quantizer import codebook_stats
+
+    data = tokenfile.read_token_file(path)
+    header = tokenfile.read_header(data)
+    probabilities = None
+    if header.coding == "range":
+        if model is None:
+            import codec
+
+            model = codec.load(installed_model_of(path))
+        check_model_matches(model, header)
+        probabilities = _probabilities(model)
+    _, codes = tokenfile.unpack(data, probabilities)
+    lines = ["level  usage   perplexity  entropy bits/code"]
+    for row in codebook_stats(torch.from_numpy(codes), header.codebook_size):
+        lines.append(f"{row['level']:5d}  {100 * row['usage']:5.1f}%  {row['perplexity']:10.1f}  {row['entropy_bits']:8.2f}")
+    return lines

@@ -551,3 +551,14 @@ def test_script_info_on_truncated_file(tmp_path, good_tok_bytes):
     assert result.returncode == 2
     assert_one_error(result.stderr, "truncated")
     assert result.stdout == ""
+
+
+def test_info_stats_reports_every_level(tmp_path, capsys, wav):
+    tok = tmp_path / "speech.tok"
+    assert cli(capsys, "compress", wav, "-o", tok, "--bitrate", "1.5", *MODEL)[0] == 0
+    code, out, err = cli(capsys, "info", tok, "--stats")
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
+    assert [row[0] for row in rows] == ["1", "2", "3"]
+    for _, usage, perplexity, entropy in rows:
+        assert 0 < float(usage.rstrip("%")) <= 100 and float(perplexity) >= 1 and float(entropy) >= 0
