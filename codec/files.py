@@ -25,10 +25,12 @@ def _probabilities(model: AudioCodec) -> np.ndarray | None:
 
 
 def encode_audio(model: AudioCodec, wav: np.ndarray, sample_rate: int, bitrate: float | None, coding: str = "auto") -> bytes:
-    """``wav`` ``[C, N]`` (each channel coded on its own) -> token-file bytes."""
+    """``wav`` ``[C, N]`` (each channel coded on its own) -> token-file bytes.
+
+    ``coding``: "range" (entropy coding with the model's tables), "packed" (plain bit-packing), or
+    "auto": range coding when the model ships tables and it comes out smaller, else packing.
+    """
     probabilities = _probabilities(model)
-    if coding == "auto":
-        coding = "range" if probabilities is not None else "packed"
     if coding == "range" and probabilities is None:
         raise TokenwaveError(f"{model.name} ships no entropy-coding tables; use --coding packed")
     wav = resample(wav, sample_rate, model.sample_rate)
@@ -44,9 +46,16 @@ def encode_audio(model: AudioCodec, wav: np.ndarray, sample_rate: int, bitrate: 
         num_frames=codes.shape[2],
         length=length,
         channels=codes.shape[0],
-        coding=coding,
+        coding="packed" if coding == "auto" else coding,
     )
-    return tokenfile.pack(codes.cpu().numpy(), header, probabilities)
+    codes = codes.cpu().numpy()
+    packed = tokenfile.pack(codes, header, probabilities)
+    if coding != "auto" or probabilities is None:
+        return packed
+    # auto: range coding with the model's tables, unless plain packing is smaller (untrained tables)
+    header.coding = "range"
+    ranged = tokenfile.pack(codes, header, probabilities)
+    return ranged if len(ranged) < len(packed) else packed
 
 
 def check_model_matches(model: AudioCodec, header: tokenfile.TokenFileHeader) -> None:

@@ -562,3 +562,15 @@ def test_info_stats_reports_every_level(tmp_path, capsys, wav):
     assert [row[0] for row in rows] == ["1", "2", "3"]
     for _, usage, perplexity, entropy in rows:
         assert 0 < float(usage.rstrip("%")) <= 100 and float(perplexity) >= 1 and float(entropy) >= 0
+
+
+def test_coding_choice(tmp_path, capsys, wav):
+    """auto keeps whichever is smaller; the tiny model's flat tables make range coding lose to packing."""
+    sizes = {}
+    for coding in ("auto", "range", "packed"):
+        tok = tmp_path / f"{coding}.tok"
+        assert cli(capsys, "compress", wav, "-o", tok, "--coding", coding, *MODEL)[0] == 0
+        sizes[coding] = tok.stat().st_size
+        assert field(info(capsys, tok), "coding").startswith("range" if coding == "range" else "packed")
+        assert cli(capsys, "decompress", tok, "-o", tmp_path / f"{coding}.wav", *MODEL)[0] == 0
+    assert sizes["auto"] == min(sizes.values())
