@@ -198,16 +198,18 @@ class CodecModel(nn.Module, AudioCodec):
         latent, _ = self.encoder(frames)
         return self.quantizer.encode(latent, num_codebooks)
 
-    def check_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Validate codes ``[B, K, T]`` for this model; returns them as int64."""
+    def check_codes(self, codes: torch.Tensor, min_frames: int | None = None) -> torch.Tensor:
+        """Validate codes ``[B, K, T]`` for this model (T >= ``min_frames``, by default the
+        frames one sample needs); returns them as int64."""
         if not isinstance(codes, torch.Tensor):
             codes = torch.as_tensor(np.asarray(codes))
         if codes.dim() != 3 or codes.is_floating_point() or codes.is_complex():
             raise ModelError(f"codes must be an integer tensor [B, K, T], got {codes.dtype} {tuple(codes.shape)}")
         if not 1 <= codes.shape[1] <= self.max_codebooks:
             raise ModelError(f"{self.name} takes 1 to {self.max_codebooks} codebooks, got {codes.shape[1]}")
-        if codes.shape[2] < self.overlap:
-            raise ModelError(f"{self.name} needs at least {self.overlap} frames, got {codes.shape[2]}")
+        min_frames = self.overlap if min_frames is None else min_frames
+        if codes.shape[2] < min_frames:
+            raise ModelError(f"{self.name} needs at least {min_frames} frames, got {codes.shape[2]}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise ModelError(f"codes must lie in [0, {self.codebook_size}) for {self.name}")
         return codes.long()

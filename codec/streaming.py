@@ -18,7 +18,8 @@ from codec.modules import frame_signal, overlap_add
 
 
 class StreamingEncoder:
-    """Incremental :meth:`CodecModel.encode` at the model's sample rate.
+    """Incremental :meth:`CodecModel.encode`. Chunks must already be at the model's sample rate
+    (resample the whole signal first, or use ``soxr.ResampleStream``).
 
     State: ``pending`` ``[B, L]`` samples not yet covered by a whole frame (starts with the
     ``n_fft - hop`` zeros of analysis history), ``cache`` of the causal convolutions, and
@@ -103,14 +104,10 @@ class StreamingDecoder:
     def push(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes ``[B, K, t]`` -> the audio made final by them ``[B, 1, n]``."""
         hop = self.model.hop
-        codes = torch.as_tensor(codes)
+        codes = self.model.check_codes(codes, min_frames=0)
         if codes.shape[-1] == 0:
             return self.tail.new_zeros(self.tail.shape[0], 1, 0)
-        if codes.dim() != 3 or codes.shape[1] < 1 or codes.shape[1] > self.model.max_codebooks:
-            raise AudioError(f"expected codes [B, K, t], got {tuple(codes.shape)}")
-        if codes.min() < 0 or codes.max() >= self.model.codebook_size:
-            raise AudioError(f"codes must lie in [0, {self.model.codebook_size})")
-        latent = self.model.quantizer.decode(codes.long().to(self.device)).to(self.dtype)
+        latent = self.model.quantizer.decode(codes.to(self.device)).to(self.dtype)
         frames, self.cache = self.model.decoder(latent, self.cache)
         audio = overlap_add(frames, hop)
         audio[:, : self.tail.shape[1]] += self.tail
