@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from codec.errors import AudioError
+from codec.errors import AudioError, ModelError
 from codec.modules import frame_signal, overlap_add
 
 
@@ -105,6 +105,8 @@ class StreamingDecoder:
         """Codes ``[B, K, t]`` -> the audio made final by them ``[B, 1, n]``."""
         hop = self.model.hop
         codes = self.model.check_codes(codes, min_frames=0)
+        if codes.shape[0] != self.tail.shape[0]:
+            raise ModelError(f"this stream decodes a batch of {self.tail.shape[0]}, got codes for {codes.shape[0]}")
         if codes.shape[-1] == 0:
             return self.tail.new_zeros(self.tail.shape[0], 1, 0)
         latent = self.model.quantizer.decode(codes.to(self.device)).to(self.dtype)

@@ -155,6 +155,10 @@ def test_streaming_guards(model16):
         stream.push(torch.zeros(10))
     with pytest.raises(AudioError, match="NaN"):
         model16.stream_encoder().push(torch.tensor([float("nan")]))
+    decoder = model16.stream_decoder()
+    for bad in (torch.full((1, 3, 2), 1024), torch.zeros(1, 13, 2, dtype=torch.long), torch.zeros(2, 3, 2, dtype=torch.long)):
+        with pytest.raises(ModelError):
+            decoder.push(bad)
 
 
 def test_training_pass_quantizer_dropout_and_gradients():
