@@ -251,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=cmd_train_codec)
+
+    from codec import evaluate  # eval-codec: options and logic live in codec/evaluate.py
+
+    p = sub.add_parser("eval-codec", help="PESQ, STOI, SI-SDR, log-mel and MCD vs bitrate, optionally vs Opus/Codec2")
+    evaluate.add_arguments(p)
+    p.set_defaults(func=evaluate.main_eval)
     return parser
 
 
