@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -135,9 +136,9 @@ class ISTFTHead(nn.Module):
 
 def overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
     """``[B, T, n_fft]`` frames placed every ``hop`` samples and summed -> ``[B, (T-1)*hop + n_fft]``."""
-    batch, num_frames, n_fft = frames.shape
+    _, num_frames, n_fft = frames.shape
     length = (num_frames - 1) * hop + n_fft
     out = F.fold(
-        frames.transpose(1, 2), output_size=(1, length), kernel_size=(1, n_fft), stride=(1, hop)
+        rearrange(frames, "b t n -> b n t"), output_size=(1, length), kernel_size=(1, n_fft), stride=(1, hop)
     )
-    return out.reshape(batch, length)
+    return rearrange(out, "b 1 1 n -> b n")

@@ -6,7 +6,8 @@ or truncated weights file is refused). Nothing is unpickled.
 
 Names resolve in this order: a folder path; a folder of that name under ``$TOKENWAVE_WEIGHTS``
 or the repository's ``weights/``; the built-in random test models ``tiny-16k`` and
-``tiny-24k``; ``hf:<id or folder>`` for EnCodec, DAC or Mimi through ``transformers``.
+``tiny-24k``; ``owner/name``, a hub repository already in the local Hugging Face cache;
+``hf:<id or folder>`` for EnCodec, DAC or Mimi through ``transformers``.
 """
 
 from __future__ import annotations
@@ -113,8 +114,28 @@ def load(name_or_path: str = DEFAULT_MODEL) -> AudioCodec:
     builtin = {"tiny-16k": 16_000, "tiny-24k": 24_000}
     if name_or_path in builtin:
         return tiny_random(builtin[name_or_path])
+    if name_or_path.count("/") == 1 and not path.exists():
+        return load_pretrained(_from_hub_cache(name_or_path))
     names = sorted(available_models())
     raise ModelError(f"no codec named {name_or_path!r}; available: {', '.join(names)} (or a folder, or hf:<id>)")
+
+
+def _from_hub_cache(repo_id: str) -> Path:
+    """The folder of a Hugging Face hub repository already in the local cache (never downloads)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        folder = snapshot_download(
+            repo_id, local_files_only=True, allow_patterns=[WEIGHTS_FILE, CONFIG_FILE],
+            cache_dir=os.environ.get("HF_HUB_CACHE"),  # read at call time, not at import
+        )
+        return Path(folder)
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
+        raise ModelError(
+            f"{repo_id!r} is neither a folder nor a hub repository in the local Hugging Face cache "
+            f"(tokenwave never downloads: fetch it first with `huggingface-cli download {repo_id}`)"
+        ) from None
 
 
 def available_models() -> list[str]:

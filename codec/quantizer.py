@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -160,7 +161,7 @@ class ResidualVectorQuantizer(nn.Module):
         commitment = x.new_zeros(())
         codes = []
         for level, codebook in enumerate(self.codebooks):
-            flat = residual.detach().reshape(-1, residual.shape[-1])
+            flat = rearrange(residual.detach(), "b t d -> (b t) d")
             index = codebook.nearest(flat)
             if self.training:
                 codebook.update(flat, index)
@@ -171,7 +172,7 @@ class ResidualVectorQuantizer(nn.Module):
             commitment = commitment + (error * active[:, 0, 0]).sum() / batch
             quantized = quantized + active * code
             residual = residual - code.detach()
-            codes.append(index.view(batch, -1))
+            codes.append(rearrange(index, "(b t) -> b t", b=batch))
         # Straight-through estimator: forward uses the codes, backward passes to x.
         quantized = x + (quantized - x).detach()
         return QuantizerOutput(quantized, torch.stack(codes, dim=1), commitment, num_codebooks)
@@ -180,12 +181,12 @@ class ResidualVectorQuantizer(nn.Module):
     def encode(self, x: torch.Tensor, num_codebooks: int) -> torch.Tensor:
         """``x`` ``[B, T, D]`` -> codes ``[B, K, T]`` for the first ``num_codebooks`` levels."""
         batch = x.shape[0]
-        residual = x.reshape(-1, x.shape[-1])
+        residual = rearrange(x, "b t d -> (b t) d")
         codes = []
         for codebook in self.codebooks[:num_codebooks]:
             index = codebook.nearest(residual)
             residual = residual - codebook.lookup(index).to(residual.dtype)
-            codes.append(index.view(batch, -1))
+            codes.append(rearrange(index, "(b t) -> b t", b=batch))
         return torch.stack(codes, dim=1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

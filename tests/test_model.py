@@ -237,3 +237,16 @@ def test_config_validation():
         CodecConfig.from_dict({"bogus": 1})
     with pytest.raises(ModelError, match="wrong type"):
         CodecConfig.from_dict({"sample_rate": "16000"})
+
+
+def test_load_from_the_local_hub_cache(tmp_path, monkeypatch, model16):
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--tiny-codec" / "snapshots" / "0123abcd"
+    save_pretrained(model16, snapshot)
+    (cache / "models--someone--tiny-codec" / "refs").mkdir()
+    (cache / "models--someone--tiny-codec" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    loaded = codec.load("someone/tiny-codec")
+    assert loaded.fingerprint == load_pretrained(snapshot).fingerprint
+    with pytest.raises(ModelError, match="never downloads"):
+        codec.load("someone/absent-codec")
