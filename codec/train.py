@@ -12,19 +12,45 @@ drawn from a generator seeded by (seed, s), and torch's generator (quantizer dro
 re-seeding) is reseeded from (seed, s) too, so a resumed run repeats what an uninterrupted one
 does. Every checkpoint also exports ``OUT/export/`` (float16 safetensors + config) with
 entropy-coding tables counted on training crops.
+
+Device: ``device="auto"`` (the default) trains on CUDA when torch sees a GPU, else on the CPU;
+``"cpu"`` and ``"cuda"`` force one. Training runs in float32.
+
+Several processes (``torchrun --nproc_per_node N -m codec.cli train-codec ...``): when
+``WORLD_SIZE`` > 1 the process group is initialised (``nccl`` on CUDA, ``gloo`` on the CPU; each
+process takes the GPU ``LOCAL_RANK``) and the model is wrapped in DistributedDataParallel, which
+averages the gradients. ``batch_size`` is the *global* batch: it must be divisible by the number
+of processes, and rank r trains on items ``[r * B / N, (r + 1) * B / N)`` of the batch that the
+generator of (seed, step) draws, so the data of a step is the same whatever the number of
+processes (and a run can resume with another one). The codebooks are buffers updated in the
+forward pass from statistics summed over all processes (:mod:`codec.quantizer`), so every process
+keeps the same codebooks without DDP broadcasting buffers (``broadcast_buffers=False``); that they
+agree is checked at every checkpoint. Quantizer dropout draws from (seed, step, rank). Logged
+losses are averaged over the processes. Only rank 0 logs, writes checkpoints and exports; the
+others wait at a barrier. Every process holds the whole training set in memory.
+
+Logs: ``OUT/log.jsonl`` (one JSON line every 10 steps, dev metrics every ``eval_every`` steps)
+and the same scalars for TensorBoard under ``OUT/tensorboard/`` (``train/...`` and ``dev/...``;
+skipped with a note when the ``tensorboard`` package is missing).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import hashlib
+import inspect
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from codec.config import CodecConfig
@@ -41,7 +67,7 @@ class TrainConfig:
     manifests: list[str]
     out_dir: str
     steps: int = 100_000
-    batch_size: int = 8
+    batch_size: int = 8  # global: split over the processes of a torchrun job
     crop_seconds: float = 1.0
     lr: float = 5e-4
     warmup_steps: int = 500
@@ -52,7 +78,123 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     resume: bool = False
+    device: str = "auto"  # auto (CUDA when available), cpu or cuda
     codec: dict = field(default_factory=dict)
+
+
+@dataclass
+class Distributed:
+    """Where this process stands in a torchrun job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # we initialised the process group, so we destroy it
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA when torch sees a GPU, else the CPU. Each process of a job takes GPU ``local_rank``."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise TokenwaveError(f"unknown device {name!r} (auto, cpu or cuda)")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise TokenwaveError("--device cuda: torch sees no CUDA GPU")
+    if local_rank >= torch.cuda.device_count():
+        raise TokenwaveError(f"process {local_rank} needs GPU {local_rank}, but torch sees {torch.cuda.device_count()}")
+    return torch.device("cuda", local_rank)
+
+
+def setup_distributed(device: torch.device) -> Distributed:
+    """Join the torchrun job described by ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` (if any)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed()
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        # Rank 0 evaluates and exports while the others wait: allow for a slow export.
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=60))
+    return Distributed(dist.get_rank(), dist.get_world_size(), local_rank, owns_group)
+
+
+def draw_batch(corpus: AudioCorpus, seed: int, step: int, batch_size: int, crop: int,
+               rank: int = 0, world_size: int = 1) -> np.ndarray:
+    """This process's share ``[batch_size / world_size, 1, crop]`` of the global batch of ``step``.
+
+    The global batch depends on (seed, step) only, whatever the number of processes."""
+    if batch_size % world_size:
+        raise TokenwaveError(f"batch size {batch_size} is not divisible by the {world_size} processes")
+    share = batch_size // world_size
+    # The crops of item b depend on the draws for items < b, so every rank draws the whole
+    # batch (cheap next to a training step) and keeps its slice.
+    return corpus.batch(step_rng(seed, step), batch_size, crop)[rank * share : (rank + 1) * share]
+
+
+def _no_buffer_broadcast() -> dict:
+    """DDP option that stops it copying rank 0's buffers to the others before every forward pass:
+    the codebooks are buffers that every process updates identically in the forward pass (newer
+    torch renames ``broadcast_buffers`` to ``forward_sync_buffers``; buffers are still synced once
+    at start, which does no harm)."""
+    parameters = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in parameters else {"broadcast_buffers": False}
+
+
+def quantizer_digest(model: CodecModel) -> str:
+    """SHA-256 over the quantizer's buffers (codebooks, EMA statistics): equal on every process of a job."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.quantizer.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_codebooks_agree(model: CodecModel, distributed: Distributed, device: torch.device) -> None:
+    if not distributed.enabled:
+        return
+    value = int(quantizer_digest(model)[:15], 16)  # fits in int64
+    low = torch.tensor([value], dtype=torch.int64, device=device)
+    high = low.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if low.item() != high.item():
+        raise TokenwaveError("the codebooks of the training processes have diverged")
+
+
+def _summary_writer(folder: Path, resumed_step: int):
+    """A TensorBoard SummaryWriter, or None (with one note) when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        tqdm.write("note: tensorboard is not installed; logging to log.jsonl only (pip install tensorboard)",
+                   file=sys.stderr)
+        return None
+    # Steps after the checkpoint may have been logged by the interrupted run: hide those events.
+    return SummaryWriter(str(folder), purge_step=resumed_step + 1 if resumed_step else None)
+
+
+def _tensorboard_tag(key: str) -> str:
+    return f"dev/{key[4:]}" if key.startswith("dev_") else f"train/{key}"
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -99,18 +241,19 @@ def count_codes(model: CodecModel, corpus: AudioCorpus, crops: int = 64, seed: i
     """How often each code of each level occurs on ``crops`` random 4 s training crops ``[K, N]``."""
     was_training = model.training
     model.eval()
+    device = model.code_counts.device
     rng = np.random.default_rng(seed)
-    counts = torch.zeros(model.max_codebooks, model.codebook_size)
+    counts = torch.zeros(model.max_codebooks, model.codebook_size, device=device)
     crop = 4 * model.sample_rate
     for _ in range(crops // 8):
-        wav = torch.from_numpy(corpus.batch(rng, 8, crop))
+        wav = torch.from_numpy(corpus.batch(rng, 8, crop)).to(device)
         frames = frame_signal(model.pad(wav[:, 0]), model.config.n_fft, model.hop)
         latent, _ = model.encoder(frames)
         codes = model.quantizer.encode(latent, model.max_codebooks)
         for level in range(codes.shape[1]):
             counts[level] += torch.bincount(codes[:, level].reshape(-1), minlength=model.codebook_size).float()
     model.train(was_training)
-    return counts + 1.0
+    return counts.cpu() + 1.0
 
 
 @torch.no_grad()
@@ -135,9 +278,23 @@ def evaluate(model: CodecModel, dev_batch: torch.Tensor, loss_fn: SpectralLoss, 
 
 
 def train_codec(config: TrainConfig) -> Path:
-    """Train (or resume) and return the export folder."""
+    """Train (or resume) and return the export folder (in every process of a torchrun job)."""
     if config.threads:
         torch.set_num_threads(config.threads)
+    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    distributed = setup_distributed(device)
+    try:
+        return _train(config, device, distributed)
+    finally:
+        distributed.close()
+
+
+def _train(config: TrainConfig, device: torch.device, distributed: Distributed) -> Path:
+    main = distributed.is_main
+    if config.batch_size % distributed.world_size:
+        raise TokenwaveError(f"batch size {config.batch_size} is not divisible by the {distributed.world_size} processes")
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = load_latest_checkpoint(out_dir) if config.resume else None
@@ -146,32 +303,55 @@ def train_codec(config: TrainConfig) -> Path:
     codec_config = CodecConfig.from_dict(checkpoint["config"]) if checkpoint else CodecConfig(**config.codec)
 
     recordings = [r for manifest in config.manifests for r in read_manifest(manifest)]
-    train_set = AudioCorpus(select_split(recordings, "train"), codec_config.sample_rate)
+    train_set = AudioCorpus(select_split(recordings, "train"), codec_config.sample_rate, progress=main)
     dev_set = AudioCorpus(select_split(recordings, "dev"), codec_config.sample_rate, progress=False)
-    dev_batch = torch.from_numpy(dev_set.batch(np.random.default_rng(0), 16, 2 * codec_config.sample_rate))
-    tqdm.write(f"train: {train_set.seconds / 60:.1f} min in {len(train_set.signals)} files; dev: {dev_set.seconds / 60:.1f} min")
+    dev_batch = torch.from_numpy(dev_set.batch(np.random.default_rng(0), 16, 2 * codec_config.sample_rate)).to(device)
+    if main:
+        processes = f"; {distributed.world_size} processes" if distributed.enabled else ""
+        tqdm.write(f"train: {train_set.seconds / 60:.1f} min in {len(train_set.signals)} files; "
+                   f"dev: {dev_set.seconds / 60:.1f} min; device: {device.type}{processes}")
 
     torch.manual_seed(config.seed)
     model = CodecModel(codec_config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.8, 0.99), weight_decay=0.01)
     start = 0
     if checkpoint:
         model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
         start = checkpoint["step"]
-        tqdm.write(f"resumed from step {start}")
-    loss_fn = SpectralLoss(codec_config.sample_rate)
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.8, 0.99), weight_decay=0.01)
+    if checkpoint:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if main:
+            tqdm.write(f"resumed from step {start}")
+    del checkpoint
+    net = model
+    if distributed.enabled:
+        starts = torch.tensor([start, -start], dtype=torch.int64, device=device)
+        dist.all_reduce(starts, op=dist.ReduceOp.MAX)
+        if starts.tolist() != [start, -start]:
+            raise TokenwaveError("the training processes resumed from different checkpoints")
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, **_no_buffer_broadcast()
+        )
+    loss_fn = SpectralLoss(codec_config.sample_rate).to(device)
     crop = int(config.crop_seconds * codec_config.sample_rate) // codec_config.hop_length * codec_config.hop_length
-    with open(out_dir / "log.jsonl", "a") as log:
-        model.train()
-        bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train-codec", unit="step")
+    with contextlib.ExitStack() as closing:
+        log = closing.enter_context(open(out_dir / "log.jsonl", "a")) if main else None
+        writer = _summary_writer(out_dir / "tensorboard", start) if main else None
+        if writer is not None:
+            closing.callback(writer.close)
+        net.train()
+        bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train-codec", unit="step",
+                   disable=not main)
         window_start, window_steps = time.time(), 0
         for step in bar:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config)
-            wav = torch.from_numpy(train_set.batch(step_rng(config.seed, step), config.batch_size, crop))
-            torch.manual_seed(config.seed * 1_000_003 + step)  # quantizer dropout, dead codes: same after resume
-            recon, quantized = model(wav)
+            wav = draw_batch(train_set, config.seed, step, config.batch_size, crop, distributed.rank, distributed.world_size)
+            wav = torch.from_numpy(wav).to(device, non_blocking=True)
+            # Quantizer dropout, dead codes: the same after a resume (and different on each rank).
+            torch.manual_seed(config.seed * 1_000_003 + step + distributed.rank * 7_919_993_071)
+            recon, quantized = net(wav)
             spectral, parts = loss_fn(recon, wav)
             loss = spectral + config.commitment_weight * quantized.commitment_loss
             optimizer.zero_grad(set_to_none=True)
@@ -180,19 +360,34 @@ def train_codec(config: TrainConfig) -> Path:
             optimizer.step()
             window_steps += 1
             if (step + 1) % 10 == 0:
+                losses = {"loss": float(loss.detach()), "commitment": float(quantized.commitment_loss.detach())} | parts
+                if distributed.enabled:  # the mean over the processes: the loss of the global batch
+                    values = torch.tensor(list(losses.values()), dtype=torch.float64, device=device)
+                    dist.all_reduce(values)
+                    losses = dict(zip(losses, (values / distributed.world_size).tolist()))
                 steps_per_second = window_steps / (time.time() - window_start)
                 window_start, window_steps = time.time(), 0
-                record = {"step": step + 1, "loss": float(loss.detach()), "commitment": float(quantized.commitment_loss.detach()),
-                          "grad_norm": float(grad_norm), "lr": lr_at(step, config), "steps_per_s": steps_per_second} | parts
-                bar.set_postfix(loss=f"{record['loss']:.3f}", mel=f"{parts['mel']:.3f}", sps=f"{steps_per_second:.2f}")
-                if (step + 1) % config.eval_every == 0:
-                    record |= evaluate(model, dev_batch, loss_fn)
-                    tqdm.write(json.dumps(record))
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+                record = ({"step": step + 1, "loss": losses.pop("loss"), "commitment": losses.pop("commitment"),
+                           "grad_norm": float(grad_norm), "lr": lr_at(step, config), "steps_per_s": steps_per_second}
+                          | losses)
+                if main:
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", mel=f"{record['mel']:.3f}", sps=f"{steps_per_second:.2f}")
+                    if (step + 1) % config.eval_every == 0:
+                        record |= evaluate(model, dev_batch, loss_fn)
+                        tqdm.write(json.dumps(record))
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    if writer is not None:
+                        for key, value in record.items():
+                            if key != "step":
+                                writer.add_scalar(_tensorboard_tag(key), value, step + 1)
+                        writer.flush()
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                save_checkpoint(out_dir, step + 1, model, optimizer, codec_config)
-                export(model, train_set, out_dir / "export", step + 1)
+                _check_codebooks_agree(model, distributed, device)
+                if main:
+                    save_checkpoint(out_dir, step + 1, model, optimizer, codec_config)
+                    export(model, train_set, out_dir / "export", step + 1)
+                distributed.barrier()  # the others wait for the checkpoint and the export
     return out_dir / "export"
 
 

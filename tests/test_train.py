@@ -1,16 +1,20 @@
 """Codec training on a tiny model: the loss goes down, checkpoints resume, a corrupted checkpoint
-falls back to the previous one, and the export loads as a codec."""
+falls back to the previous one, the export loads as a codec and TensorBoard gets the logged
+scalars. Two-process (DDP) training: tests/test_train_ddp.py."""
 
 import json
+import sys
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
 import codec
 from codec.config import tiny
-from codec.data import read_manifest, select_split
-from codec.train import TrainConfig, lr_at, train_codec
+from codec.data import AudioCorpus, read_manifest, select_split, step_rng
+from codec.errors import TokenwaveError
+from codec.train import TrainConfig, _summary_writer, draw_batch, lr_at, train_codec
 
 
 def make_manifest(folder, files=6):
@@ -69,9 +73,47 @@ def test_training_learns_resumes_and_exports(tmp_path):
     log = losses(tmp_path)
     assert [r["step"] for r in log] == [10, 20, 20]
     assert abs(log[1]["loss"] - log[2]["loss"]) < 1e-4 * abs(log[1]["loss"])  # same data, same randomness
+    if (tmp_path / "run" / "tensorboard").exists():  # TensorBoard hides the steps the resumed run redid
+        assert tensorboard_scalars(tmp_path / "run" / "tensorboard")["train/loss"] == [10, 20]
 
     model = codec.load(str(tmp_path / "run" / "export"))
     assert model.max_codebooks == 4 and model.codebook_size == 64
     assert model.code_counts.sum() > 64 * 4  # entropy tables counted on training data
     wav = torch.from_numpy(sf.read(tmp_path / "utt1.wav", dtype="float32")[0])
     assert model.decode(model.encode(wav, 16_000), length=len(wav)).shape[-1] == len(wav)
+
+
+def tensorboard_scalars(folder) -> dict[str, list[int]]:
+    """The steps of each scalar tag logged under ``folder`` (purged steps left out)."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    events = event_accumulator.EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_gets_the_logged_scalars(tmp_path):
+    pytest.importorskip("torch.utils.tensorboard")
+    manifest = make_manifest(tmp_path)
+    train_codec(config(tmp_path, manifest, steps=10))
+    scalars = tensorboard_scalars(tmp_path / "run" / "tensorboard")
+    logged = {key for key in losses(tmp_path)[0] if key != "step"}
+    assert {"loss", "mel", "commitment", "lr", "grad_norm", "steps_per_s", "dev_loss_3cb"} <= logged
+    assert set(scalars) == {f"dev/{k[4:]}" if k.startswith("dev_") else f"train/{k}" for k in logged}
+    assert scalars["train/loss"] == [10] and scalars["dev/loss_3cb"] == [10]
+
+
+def test_without_tensorboard_one_note_and_no_writer(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    assert _summary_writer(tmp_path / "tensorboard", 0) is None
+    assert capsys.readouterr().err.count("tensorboard is not installed") == 1
+    assert not (tmp_path / "tensorboard").exists()
+
+
+def test_each_rank_draws_its_slice_of_the_global_batch(tmp_path):
+    corpus = AudioCorpus(select_split(read_manifest(make_manifest(tmp_path)), "train"), 16_000, progress=False)
+    whole = corpus.batch(step_rng(0, 7), 4, 800)
+    assert np.array_equal(draw_batch(corpus, 0, 7, 4, 800), whole)  # one process: the batch of (seed, step)
+    parts = [draw_batch(corpus, 0, 7, 4, 800, rank=r, world_size=2) for r in (0, 1)]
+    assert parts[0].shape == (2, 1, 800) and np.array_equal(np.concatenate(parts), whole)
+    with pytest.raises(TokenwaveError, match="not divisible"):
+        draw_batch(corpus, 0, 7, 4, 800, rank=0, world_size=3)
