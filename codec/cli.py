@@ -184,7 +184,7 @@ def cmd_train_codec(args) -> int:
     config = TrainConfig(manifests=args.manifest, out_dir=args.out, steps=args.steps, batch_size=args.batch_size,
                          crop_seconds=args.crop_seconds, lr=args.lr, checkpoint_every=args.checkpoint_every,
                          eval_every=args.checkpoint_every, seed=args.seed, threads=args.threads, resume=args.resume,
-                         codec=codec_config)
+                         device=args.device, codec=codec_config)
     export = train_codec(config)
     print(f"weights exported to {export}")
     return 0
@@ -250,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
     p.set_defaults(func=cmd_train_codec)
 
     from codec import evaluate  # eval-codec: options and logic live in codec/evaluate.py
