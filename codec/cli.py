@@ -258,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval-codec", help="PESQ, STOI, SI-SDR, log-mel and MCD vs bitrate, optionally vs Opus/Codec2")
     evaluate.add_arguments(p)
     p.set_defaults(func=evaluate.main_eval)
+
+    from codec import synthetic  # synth-speech: options and logic live in codec/synthetic.py
+
+    p = sub.add_parser("synth-speech", help="render training speech from sentences with espeak-ng, festival, flite")
+    synthetic.add_arguments(p)
+    p.set_defaults(func=synthetic.main_synth)
     return parser
 
 
