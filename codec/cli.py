@@ -184,7 +184,8 @@ def cmd_train_codec(args) -> int:
     config = TrainConfig(manifests=args.manifest, out_dir=args.out, steps=args.steps, batch_size=args.batch_size,
                          crop_seconds=args.crop_seconds, lr=args.lr, checkpoint_every=args.checkpoint_every,
                          eval_every=args.checkpoint_every, seed=args.seed, threads=args.threads, resume=args.resume,
-                         device=args.device, codec=codec_config)
+                         device=args.device, adversarial=args.adversarial,
+                         adversarial_start=args.adversarial_start, codec=codec_config)
     export = train_codec(config)
     print(f"weights exported to {export}")
     return 0
@@ -251,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
+    p.add_argument("--adversarial", action="store_true",
+                   help="also train a multi-scale STFT discriminator (adversarial + feature-matching losses)")
+    p.add_argument("--adversarial-start", type=int, default=0, metavar="STEP",
+                   help="with --adversarial: reconstruction losses only before this step (default 0)")
     p.set_defaults(func=cmd_train_codec)
 
     from codec import evaluate  # eval-codec: options and logic live in codec/evaluate.py

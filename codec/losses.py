@@ -2,6 +2,9 @@
 
 For each resolution the predicted and target spectra are computed once; the log-magnitude L1,
 the spectral convergence and the log-mel L1 all come from those two magnitudes.
+
+Adversarial training (``train-codec --adversarial``, :mod:`codec.discriminator`): hinge losses
+for the discriminator and the generator, and EnCodec's normalised feature-matching loss.
 """
 
 from __future__ import annotations
@@ -61,3 +64,30 @@ class SpectralLoss(nn.Module):
         parts = {k: v * scale for k, v in parts.items()}
         total = parts["log_magnitude"] + parts["convergence"] + self.mel_weight * parts["mel"]
         return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+# -- adversarial training (codec/discriminator.py) ---------------------------------------------
+# Hinge losses as in EnCodec and MelGAN, averaged over the discriminator's scales. Each takes the
+# logits of every scale (a list of tensors of any shape) and returns a scalar.
+
+
+def discriminator_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:
+    """Hinge loss of the discriminator: mean over scales of ``mean(relu(1 - D(x))) + mean(relu(1 + D(x_hat)))``.
+
+    Zero once every real logit is >= 1 and every fake one <= -1; 2 for a discriminator that outputs 0."""
+    losses = [torch.relu(1 - real).mean() + torch.relu(1 + fake).mean() for real, fake in zip(real_logits, fake_logits)]
+    return sum(losses) / len(losses)
+
+
+def generator_adversarial_loss(fake_logits: list[torch.Tensor]) -> torch.Tensor:
+    """Hinge loss of the generator: mean over scales of ``mean(relu(1 - D(x_hat)))``."""
+    return sum(torch.relu(1 - fake).mean() for fake in fake_logits) / len(fake_logits)
+
+
+def feature_matching_loss(real_features: list[list[torch.Tensor]], fake_features: list[list[torch.Tensor]]) -> torch.Tensor:
+    """L1 between the discriminator's feature maps on real and reconstructed audio, each layer's
+    divided by the mean absolute value of its real features (EnCodec), averaged over layers and
+    scales. The real features are targets: pass them detached. 0 for identical inputs."""
+    losses = [(fake - real).abs().mean() / real.abs().mean().clamp_min(1e-8)
+              for reals, fakes in zip(real_features, fake_features) for real, fake in zip(reals, fakes)]
+    return sum(losses) / len(losses)

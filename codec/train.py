@@ -13,6 +13,17 @@ re-seeding) is reseeded from (seed, s) too, so a resumed run repeats what an uni
 does. Every checkpoint also exports ``OUT/export/`` (float16 safetensors + config) with
 entropy-coding tables counted on training crops.
 
+Adversarial training (``adversarial=True``, ``--adversarial``; off by default): from step
+``adversarial_start`` on (0: from the start; a larger value pre-trains with the reconstruction
+losses alone and then fine-tunes) a multi-scale STFT discriminator
+(:mod:`codec.discriminator`) trains with its own AdamW (same learning rate schedule, betas
+0.5/0.9) and the generator gets ``adversarial_weight`` x the hinge adversarial loss plus
+``feature_matching_weight`` x the feature-matching loss (:mod:`codec.losses`). Each step first
+updates the discriminator on the real batch and the detached reconstruction, then the generator
+through the updated discriminator (whose parameters get no gradient from that pass). Checkpoints
+then also hold the discriminator and its optimizer; resuming a checkpoint without them starts a
+fresh discriminator (with a note). The export holds the codec only.
+
 Device: ``device="auto"`` (the default) trains on CUDA when torch sees a GPU, else on the CPU;
 ``"cpu"`` and ``"cuda"`` force one. Training runs in float32.
 
@@ -55,8 +66,9 @@ from tqdm import tqdm
 
 from codec.config import CodecConfig
 from codec.data import AudioCorpus, read_manifest, select_split, step_rng
+from codec.discriminator import MultiScaleSTFTDiscriminator
 from codec.errors import TokenwaveError
-from codec.losses import SpectralLoss
+from codec.losses import SpectralLoss, discriminator_loss, feature_matching_loss, generator_adversarial_loss
 from codec.model import CodecModel
 from codec.modules import frame_signal
 from codec.pretrained import save_pretrained
@@ -79,6 +91,11 @@ class TrainConfig:
     threads: int | None = None
     resume: bool = False
     device: str = "auto"  # auto (CUDA when available), cpu or cuda
+    adversarial: bool = False  # train a discriminator too (codec.discriminator)
+    adversarial_start: int = 0  # steps before that: reconstruction losses only, no discriminator
+    adversarial_weight: float = 1.0  # x hinge adversarial loss, added to the generator's loss
+    feature_matching_weight: float = 2.0  # x feature-matching loss, added to the generator's loss
+    discriminator: dict = field(default_factory=dict)  # MultiScaleSTFTDiscriminator options (n_ffts, channels)
     codec: dict = field(default_factory=dict)
 
 
@@ -209,15 +226,16 @@ def _checkpoints(out_dir: Path) -> list[Path]:
     return sorted((out_dir / "checkpoints").glob("step_*.pt"))
 
 
-def save_checkpoint(out_dir: Path, step: int, model, optimizer, codec_config: CodecConfig, keep: int = 3) -> Path:
+def save_checkpoint(out_dir: Path, step: int, model, optimizer, codec_config: CodecConfig, keep: int = 3,
+                    discriminator=None, discriminator_optimizer=None) -> Path:
     folder = out_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step:07d}.pt"
     tmp = path.with_suffix(".tmp")
-    torch.save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": codec_config.to_dict()},
-        tmp,
-    )
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": codec_config.to_dict()}
+    if discriminator is not None:
+        state |= {"discriminator": discriminator.state_dict(), "discriminator_optimizer": discriminator_optimizer.state_dict()}
+    torch.save(state, tmp)
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
@@ -323,8 +341,9 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
         optimizer.load_state_dict(checkpoint["optimizer"])
         if main:
             tqdm.write(f"resumed from step {start}")
+    discriminator, d_optimizer = _discriminator(config, codec_config, checkpoint, device, main)
     del checkpoint
-    net = model
+    net, d_net = model, discriminator
     if distributed.enabled:
         starts = torch.tensor([start, -start], dtype=torch.int64, device=device)
         dist.all_reduce(starts, op=dist.ReduceOp.MAX)
@@ -333,19 +352,27 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, **_no_buffer_broadcast()
         )
+        if discriminator is not None:  # averages its gradients over the processes' slices of the batch
+            d_net = torch.nn.parallel.DistributedDataParallel(
+                discriminator, device_ids=[device.index] if device.type == "cuda" else None, **_no_buffer_broadcast()
+            )
     loss_fn = SpectralLoss(codec_config.sample_rate).to(device)
     crop = int(config.crop_seconds * codec_config.sample_rate) // codec_config.hop_length * codec_config.hop_length
+    if discriminator is not None and crop < max(scale.n_fft for scale in discriminator.scales):
+        raise TokenwaveError(f"--adversarial needs crops of at least {max(s.n_fft for s in discriminator.scales)} samples")
     with contextlib.ExitStack() as closing:
         log = closing.enter_context(open(out_dir / "log.jsonl", "a")) if main else None
         writer = _summary_writer(out_dir / "tensorboard", start) if main else None
         if writer is not None:
             closing.callback(writer.close)
         net.train()
+        if d_net is not None:
+            d_net.train()
         bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train-codec", unit="step",
                    disable=not main)
         window_start, window_steps = time.time(), 0
         for step in bar:
-            for group in optimizer.param_groups:
+            for group in optimizer.param_groups + (d_optimizer.param_groups if d_optimizer else []):
                 group["lr"] = lr_at(step, config)
             wav = draw_batch(train_set, config.seed, step, config.batch_size, crop, distributed.rank, distributed.world_size)
             wav = torch.from_numpy(wav).to(device, non_blocking=True)
@@ -354,6 +381,10 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
             recon, quantized = net(wav)
             spectral, parts = loss_fn(recon, wav)
             loss = spectral + config.commitment_weight * quantized.commitment_loss
+            if discriminator is not None and step >= config.adversarial_start:
+                adversarial = _discriminator_step(d_net, discriminator, d_optimizer, wav, recon, config.grad_clip)
+                loss = loss + config.adversarial_weight * adversarial["g_adv"] + config.feature_matching_weight * adversarial["g_fm"]
+                parts |= {key: float(value.detach()) for key, value in adversarial.items()}
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -385,10 +416,69 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
                 _check_codebooks_agree(model, distributed, device)
                 if main:
-                    save_checkpoint(out_dir, step + 1, model, optimizer, codec_config)
+                    save_checkpoint(out_dir, step + 1, model, optimizer, codec_config,
+                                    discriminator=discriminator, discriminator_optimizer=d_optimizer)
                     export(model, train_set, out_dir / "export", step + 1)
                 distributed.barrier()  # the others wait for the checkpoint and the export
     return out_dir / "export"
+
+
+def _discriminator(config: TrainConfig, codec_config: CodecConfig, checkpoint: dict | None, device: torch.device,
+                   main: bool):
+    """The discriminator and its optimizer (None, None without ``config.adversarial``), restored
+    from ``checkpoint`` when it has them."""
+    has_state = checkpoint is not None and "discriminator" in checkpoint
+    if not config.adversarial:
+        if has_state and main:
+            tqdm.write("note: the checkpoint's discriminator is not used without --adversarial "
+                       "and is left out of new checkpoints", file=sys.stderr)
+        return None, None
+    # Created after the codec from the generator seeded by config.seed: the same fresh
+    # discriminator whether the run starts or resumes a checkpoint without one.
+    discriminator = MultiScaleSTFTDiscriminator(codec_config.sample_rate, **config.discriminator)
+    if has_state:
+        try:
+            discriminator.load_state_dict(checkpoint["discriminator"])
+        except RuntimeError as error:
+            raise TokenwaveError(f"the checkpoint's discriminator does not match TrainConfig.discriminator "
+                                 f"{config.discriminator}: {str(error).splitlines()[0]}") from None
+    discriminator.to(device)
+    d_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.9), weight_decay=0.01)
+    if has_state:
+        d_optimizer.load_state_dict(checkpoint["discriminator_optimizer"])
+    elif checkpoint is not None and main:
+        tqdm.write(f"note: the checkpoint of step {checkpoint['step']} has no discriminator: "
+                   "starting a fresh one", file=sys.stderr)
+    return discriminator, d_optimizer
+
+
+def _discriminator_step(d_net, discriminator, d_optimizer, wav: torch.Tensor, recon: torch.Tensor,
+                        grad_clip: float) -> dict[str, torch.Tensor]:
+    """Update the discriminator on ``wav`` (real) vs ``recon.detach()`` (fake), then return the
+    generator's losses through the updated discriminator: ``g_adv`` and ``g_fm`` (with gradients
+    towards ``recon`` only) and ``d_loss`` (detached, for the log).
+
+    ``d_net`` is ``discriminator`` or its DDP wrapper; real and fake go through it in one pass so
+    that DDP sees one forward per backward. The generator's pass uses the bare module with
+    frozen parameters: its gradient reaches the codec (whose own DDP wrapper averages it), not
+    the discriminator."""
+    batch = wav.shape[0]
+    logits, _ = d_net(torch.cat([wav, recon.detach()]))
+    d_loss = discriminator_loss([x[:batch] for x in logits], [x[batch:] for x in logits])
+    d_optimizer.zero_grad(set_to_none=True)
+    d_loss.backward()
+    torch.nn.utils.clip_grad_norm_(discriminator.parameters(), grad_clip)
+    d_optimizer.step()
+
+    discriminator.requires_grad_(False)
+    try:
+        with torch.no_grad():
+            _, real_features = discriminator(wav)
+        fake_logits, fake_features = discriminator(recon)
+    finally:
+        discriminator.requires_grad_(True)
+    return {"d_loss": d_loss.detach(), "g_adv": generator_adversarial_loss(fake_logits),
+            "g_fm": feature_matching_loss(real_features, fake_features)}
 
 
 def export(model: CodecModel, corpus: AudioCorpus, directory: Path, step: int) -> None:

@@ -1,9 +1,17 @@
 """Codec training on a tiny model: the loss goes down, checkpoints resume, a corrupted checkpoint
 falls back to the previous one, the export loads as a codec and TensorBoard gets the logged
-scalars. Two-process (DDP) training: tests/test_train_ddp.py."""
+scalars; the same with adversarial training (a small discriminator), including resuming a
+checkpoint that has no discriminator. Two-process (DDP) training: tests/test_train_ddp.py, and
+here with adversarial training (this file is then torchrun's driver: ``python
+tests/test_train.py MANIFEST OUT``)."""
 
+import dataclasses
+import hashlib
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,3 +125,109 @@ def test_each_rank_draws_its_slice_of_the_global_batch(tmp_path):
     assert parts[0].shape == (2, 1, 800) and np.array_equal(np.concatenate(parts), whole)
     with pytest.raises(TokenwaveError, match="not divisible"):
         draw_batch(corpus, 0, 7, 4, 800, rank=0, world_size=3)
+
+
+SMALL_DISCRIMINATOR = {"n_ffts": (512, 256), "channels": 4}  # cheap; the default is EnCodec's 2048/1024/512 x 32
+
+
+def adversarial_config(tmp_path, manifest, steps, **changes):
+    changes = {"adversarial": True, "adversarial_start": 5, "discriminator": SMALL_DISCRIMINATOR} | changes
+    return dataclasses.replace(config(tmp_path, manifest, steps), **changes)
+
+
+def test_adversarial_training_logs_checkpoints_and_resumes_exactly(tmp_path):
+    manifest = make_manifest(tmp_path)
+    train_codec(adversarial_config(tmp_path, manifest, steps=20))
+    log = losses(tmp_path)
+    assert [r["step"] for r in log] == [10, 20]
+    for record in log:
+        assert record["d_loss"] > 0 and record["g_adv"] > 0 and record["g_fm"] > 0
+        spectral = record["log_magnitude"] + record["convergence"] + record["mel"]
+        assert record["loss"] > spectral + record["commitment"]  # the adversarial terms are in the generator's loss
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("*.pt"))
+    first = torch.load(checkpoints[0], map_location="cpu", weights_only=True)
+    assert any(k.startswith("scales.") for k in first["discriminator"])
+    optimizer_steps = {float(v["step"]) for v in first["discriminator_optimizer"]["state"].values()}
+    assert optimizer_steps == {5.0}  # adversarial_start=5: the discriminator trained on steps 5..9 of 0..9
+    assert tuple(first["discriminator_optimizer"]["param_groups"][0]["betas"]) == (0.5, 0.9)
+
+    # Resume with the newest checkpoint corrupted: the discriminator and its optimizer come back
+    # from step 10 and steps 11..20 repeat exactly.
+    checkpoints[-1].write_bytes(b"torn")
+    train_codec(adversarial_config(tmp_path, manifest, steps=20))
+    log = losses(tmp_path)
+    assert [r["step"] for r in log] == [10, 20, 20]
+    for key in ("loss", "d_loss", "g_adv", "g_fm"):
+        assert abs(log[1][key] - log[2][key]) < 1e-4 * abs(log[1][key]), key
+    if (tmp_path / "run" / "tensorboard").exists():
+        scalars = tensorboard_scalars(tmp_path / "run" / "tensorboard")
+        assert scalars["train/d_loss"] == scalars["train/g_adv"] == scalars["train/g_fm"] == [10, 20]
+
+    # The export is the codec alone.
+    from safetensors.torch import load_file
+
+    (weights,) = (tmp_path / "run" / "export").glob("*.safetensors")
+    model = codec.load(str(tmp_path / "run" / "export"))
+    assert set(load_file(weights)) == set(model.state_dict()) and model.max_codebooks == 4
+
+
+def test_adversarial_resume_of_a_checkpoint_without_discriminator(tmp_path, capsys):
+    manifest = make_manifest(tmp_path)
+    train_codec(config(tmp_path, manifest, steps=10))  # reconstruction only: no discriminator state
+    assert "discriminator" not in torch.load(tmp_path / "run" / "checkpoints" / "step_0000010.pt", weights_only=True)
+    capsys.readouterr()
+    train_codec(adversarial_config(tmp_path, manifest, steps=20, adversarial_start=10))
+    captured = capsys.readouterr()
+    assert "has no discriminator: starting a fresh one" in captured.out + captured.err
+    log = losses(tmp_path)
+    assert [r["step"] for r in log] == [10, 20] and "d_loss" not in log[0] and log[1]["d_loss"] > 0
+    assert "discriminator" in torch.load(tmp_path / "run" / "checkpoints" / "step_0000020.pt", weights_only=True)
+
+    # Resuming that checkpoint without --adversarial: the discriminator is dropped, with a note.
+    train_codec(config(tmp_path, manifest, steps=20))
+    captured = capsys.readouterr()
+    assert "discriminator is not used without --adversarial" in captured.out + captured.err
+
+
+def test_adversarial_training_with_two_cpu_processes(tmp_path):
+    """DDP averages the discriminator's gradients too: both ranks end with the same discriminator."""
+    from test_train_ddp import _free_port
+
+    manifest, out = make_manifest(tmp_path), tmp_path / "run"
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), __file__, str(manifest), str(out)]
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    digests = [(out / f"discriminator{r}.txt").read_text() for r in (0, 1)]
+    assert digests[0] == digests[1]
+    checkpoint = torch.load(out / "checkpoints" / "step_0000010.pt", map_location="cpu", weights_only=True)
+    assert _digest(checkpoint["discriminator"]) == digests[0]  # no "module." prefix, the ranks' weights
+    assert losses(tmp_path)[0]["d_loss"] > 0
+
+
+def _digest(state_dict: dict) -> str:
+    return hashlib.sha256(b"".join(name.encode() + tensor.numpy().tobytes()
+                                   for name, tensor in sorted(state_dict.items()))).hexdigest()
+
+
+def _adversarial_driver(manifest: str, out: str) -> None:
+    import codec.train
+
+    discriminators = []
+
+    class RecordedDiscriminator(codec.train.MultiScaleSTFTDiscriminator):  # keeps a handle on this rank's
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            discriminators.append(self)
+
+    codec.train.MultiScaleSTFTDiscriminator = RecordedDiscriminator
+    cfg = adversarial_config(Path(out).parent, manifest, steps=10, adversarial_start=3, device="cpu")
+    codec.train.train_codec(cfg)
+    Path(out, f"discriminator{os.environ['RANK']}.txt").write_text(_digest(discriminators[-1].state_dict()))
+
+
+if __name__ == "__main__":
+    _adversarial_driver(sys.argv[1], sys.argv[2])
