@@ -189,6 +189,19 @@ def write_audio(path: str | os.PathLike, wav, sample_rate: int, subtype: str | N
             tmp.unlink()
 
 
+def files_in_folder(folder: Path, extensions: Iterable[str]) -> list[Path]:
+    """Files under ``folder`` (recursively, sorted) whose lower-case extension is in
+    ``extensions``, skipping hidden files and folders (names starting with ``.``)."""
+    extensions = set(extensions)
+    return sorted(
+        f
+        for f in folder.rglob("*")
+        if f.suffix.lower() in extensions
+        and f.is_file()
+        and not any(part.startswith(".") for part in f.relative_to(folder).parts)
+    )
+
+
 def find_audio_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand ``inputs`` into a list of audio files.
 
@@ -204,13 +217,7 @@ def find_audio_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = sorted(
-                f
-                for f in p.rglob("*")
-                if f.suffix.lower() in AUDIO_EXTENSIONS
-                and f.is_file()
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
+            files = files_in_folder(p, AUDIO_EXTENSIONS)
             if not files:
                 exts = ", ".join(sorted(AUDIO_EXTENSIONS))
                 raise _error(item, f"folder holds no audio files ({exts})")

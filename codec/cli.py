@@ -36,15 +36,13 @@ def _load_model(name: str | None):
 
 def _inputs(paths: list[str], suffixes: set[str]) -> list[tuple[Path, Path | None]]:
     """Files given, and files under folders given, each with its root folder (None for files)."""
+    from codec.audio import files_in_folder
+
     found = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files = sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in suffixes
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
+            files = files_in_folder(path, suffixes)
             if not files:
                 raise TokenwaveError(f"{path}: no {' or '.join(sorted(suffixes))} files in this folder")
             found += [(p, path) for p in files]

@@ -265,9 +265,7 @@ def count_codes(model: CodecModel, corpus: AudioCorpus, crops: int = 64, seed: i
     crop = 4 * model.sample_rate
     for _ in range(crops // 8):
         wav = torch.from_numpy(corpus.batch(rng, 8, crop)).to(device)
-        frames = frame_signal(model.pad(wav[:, 0]), model.config.n_fft, model.hop)
-        latent, _ = model.encoder(frames)
-        codes = model.quantizer.encode(latent, model.max_codebooks)
+        codes = model.encode(wav, model.sample_rate)
         for level in range(codes.shape[1]):
             counts[level] += torch.bincount(codes[:, level].reshape(-1), minlength=model.codebook_size).float()
     model.train(was_training)
@@ -285,11 +283,9 @@ def evaluate(model: CodecModel, dev_batch: torch.Tensor, loss_fn: SpectralLoss, 
     for k in levels:
         if k > model.max_codebooks:
             continue
-        codes = model.quantizer.encode(latent, k)
-        out, _ = model.decoder(model.quantizer.decode(codes))
-        recon = model.synthesize(out, dev_batch.shape[-1])
-        result[f"dev_loss_{k}cb"], parts = loss_fn(recon, dev_batch)
-        result[f"dev_loss_{k}cb"] = float(result[f"dev_loss_{k}cb"])
+        recon = model.decode(model.quantizer.encode(latent, k), length=dev_batch.shape[-1])
+        loss, parts = loss_fn(recon, dev_batch)
+        result[f"dev_loss_{k}cb"] = float(loss)
         result[f"dev_mel_{k}cb"] = parts["mel"]
     model.train(was_training)
     return result
