@@ -190,7 +190,7 @@ def cmd_train_codec(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tokenwave", description="Audio to discrete tokens and back.")
+    parser = argparse.ArgumentParser(prog="tokenwave", description="Audio to discrete tokens and back, and speech from text.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("compress", help="audio files or folders -> token files")
@@ -267,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth-speech", help="render training speech from sentences with espeak-ng, festival, flite")
     synthetic.add_arguments(p)
     p.set_defaults(func=synthetic.main_synth)
+
+    from tokenlm import cli as tokenlm_cli  # tokenize, train-lm, continue, bench-lm
+    from tts import cli as tts_cli  # speak, voices, eval-tts, demo
+
+    tokenlm_cli.register(sub)
+    tts_cli.register(sub)
     return parser
 
 
