@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: install install-dev demo test test-slow bench lint clean
+.PHONY: install install-dev demo demo-web test test-slow bench lint strip-notebooks clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ demo: install
 	$(VENV)/bin/tokenwave decompress out/demo.tok -o out/demo.wav --force
 	@echo "listen: out/demo.wav (original: $(DEMO_INPUT))"
 
+$(VENV)/.installed-demo: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP) -e ".[demo,hf]"
+	touch $@
+
+## The web demo (Gradio) on http://127.0.0.1:7860: codec round trip and text to speech.
+demo-web: $(VENV)/.installed-demo
+	$(VENV)/bin/tokenwave demo
+
 ## The test suite (what CI runs).
 test: install-dev
 	$(PY) -m pytest -q
@@ -47,6 +55,22 @@ bench: install
 
 lint: install-dev
 	$(PY) -m ruff check codec tokenlm tts tests
+
+## Clear the notebooks' outputs before committing (tests/test_notebooks.py checks it).
+define STRIP_NOTEBOOKS
+import sys, nbformat
+for path in sys.argv[1:]:
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        cell.metadata.pop("execution", None)
+    nbformat.write(notebook, path)
+endef
+export STRIP_NOTEBOOKS
+
+strip-notebooks: install-dev
+	$(PY) -c "$$STRIP_NOTEBOOKS" notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis

@@ -262,6 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_arguments(p)
     p.set_defaults(func=evaluate.main_eval)
 
+    from codec import fuzz  # fuzz-tokens: options and logic live in codec/fuzz.py
+
+    p = sub.add_parser("fuzz-tokens", help="run mutated and random token files through the reader and decoder")
+    fuzz.add_arguments(p)
+    p.set_defaults(func=fuzz.main)
+
+    from codec import bench_long  # bench-long: options and logic live in codec/bench_long.py
+
+    p = sub.add_parser("bench-long", help="compress and decompress an hour of audio: peak memory and times")
+    bench_long.add_arguments(p)
+    p.set_defaults(func=bench_long.main)
+
     from codec import synthetic  # synth-speech: options and logic live in codec/synthetic.py
 
     p = sub.add_parser("synth-speech", help="render training speech from sentences with espeak-ng, festival, flite")

@@ -1,21 +1,46 @@
 """Audio files <-> token files: what ``tokenwave compress``, ``decompress``, ``info`` and
-``roundtrip`` do, without the command-line parsing."""
+``roundtrip`` do, without the command-line parsing.
+
+``compress_file`` and ``decompress_file`` stream, so memory does not grow with the length of
+the audio (an hour takes no more than a minute):
+
+* compress: libsndfile blocks -> downmix -> ``soxr.ResampleStream`` -> :class:`StreamingEncoder`
+  -> :class:`tokenfile.StreamPacker` (complete chunks coded at once and spooled to an anonymous
+  temporary file) -> header + chunks written atomically. The bytes equal those of
+  :func:`encode_audio` on the whole file: streaming resampling and encoding are bit-exact.
+* decompress: the token file is checked whole (structure, sizes, every CRC), then decoded
+  chunk by chunk, at most :data:`DECODE_FRAMES` frames at a time, through a
+  :class:`StreamingDecoder` into a WAV/FLAC file written atomically.
+
+Codecs without streaming state (the ``transformers`` ones) take the whole-file path.
+"""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+import soxr
 import torch
+from tqdm import tqdm
 
 from codec import tokenfile
-from codec.audio import load_audio, resample, write_audio
+from codec.audio import WRITE_FORMATS, load_audio, resample
 from codec.errors import AudioError, TokenFileError, TokenwaveError
 from codec.interface import AudioCodec
 
 TOKEN_SUFFIX = ".tok"
 DECODED_SUFFIX = ".decoded.wav"
+READ_FRAMES = 1 << 16
+"""Input samples (per channel) read per step when compressing."""
+DECODE_FRAMES = 250
+"""Code frames decoded per step when decompressing (5 s at 50 Hz), whatever the file's chunk size."""
+PROGRESS_SECONDS = 300
+"""Files at least this long get a progress bar of their own (on a terminal)."""
 
 
 def _probabilities(model: AudioCodec) -> np.ndarray | None:
@@ -33,7 +58,10 @@ def encode_audio(model: AudioCodec, wav: np.ndarray, sample_rate: int, bitrate: 
     probabilities = _probabilities(model)
     if coding == "range" and probabilities is None:
         raise TokenwaveError(f"{model.name} ships no entropy-coding tables; use --coding packed")
+    samples = wav.shape[-1]
     wav = resample(wav, sample_rate, model.sample_rate)
+    if samples and not wav.shape[-1]:
+        raise AudioError(f"{samples} sample(s) at {sample_rate} Hz are too short: no samples at {model.sample_rate} Hz")
     codes = model.encode(torch.from_numpy(wav), model.sample_rate, bitrate=bitrate)  # [C, K, T]
     length = wav.shape[-1]
     header = tokenfile.TokenFileHeader(
@@ -59,11 +87,19 @@ def encode_audio(model: AudioCodec, wav: np.ndarray, sample_rate: int, bitrate: 
 
 
 def check_model_matches(model: AudioCodec, header: tokenfile.TokenFileHeader) -> None:
+    """Refuse a token file made by other weights, or whose header does not fit ``model``."""
     if header.model_hash != model.fingerprint or header.codebook_size != model.codebook_size:
         raise TokenFileError(
             f"token file was made by model {header.model!r} (weights {header.model_hash}), "
             f"but the model in use is {model.name!r} (weights {model.fingerprint})"
         )
+    if header.sample_rate != model.sample_rate or header.frame_rate != float(model.frame_rate):
+        raise TokenFileError(
+            f"token file says {header.sample_rate} Hz at {header.frame_rate:g} frames/s, but {model.name} "
+            f"runs at {model.sample_rate} Hz and {float(model.frame_rate):g} frames/s"
+        )
+    if header.num_codebooks > model.max_codebooks:
+        raise TokenFileError(f"token file uses {header.num_codebooks} codebooks, {model.name} has {model.max_codebooks}")
 
 
 def decode_bytes(model: AudioCodec, data: bytes) -> tuple[np.ndarray, int]:
@@ -94,31 +130,179 @@ def installed_model_of(path: Path) -> str:
     return name
 
 
+def _streams(model: AudioCodec) -> bool:
+    return hasattr(model, "stream_encoder") and hasattr(model, "stream_decoder")
+
+
+def _open_audio(path: Path) -> sf.SoundFile:
+    """An open libsndfile reader, after the same checks and messages as :func:`load_audio`."""
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file")
+    if path.suffix.lower() == ".raw":
+        raise AudioError(f"{path}: headerless RAW audio is not supported (no sample rate or format in the file)")
+    try:
+        with open(path, "rb") as fh:
+            if not fh.read(1):
+                raise AudioError(f"{path}: file is empty (0 bytes)")
+        return sf.SoundFile(path)
+    except sf.LibsndfileError as e:
+        reason = e.error_string.rstrip(".")
+        raise AudioError(f"{path}: cannot read as audio ({reason}); expected WAV, FLAC, OGG or AIFF") from None
+    except OSError as e:
+        raise AudioError(f"{path}: cannot open file ({e.strerror or e})") from None
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise AudioError(f"{path}: cannot read as audio ({e})") from None
+
+
+def _audio_blocks(f: sf.SoundFile, path: Path, mono: bool) -> Iterator[np.ndarray]:
+    """Blocks ``[n, C]`` float32 (C = 1 when ``mono``) of an open file; NaN/Inf are refused."""
+    position = 0
+    while True:
+        try:
+            block = f.read(READ_FRAMES, dtype="float32", always_2d=True)  # [n, C]
+        except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+            raise AudioError(f"{path}: cannot read as audio after sample {position} ({e})") from None
+        if not block.shape[0]:
+            return
+        if not np.isfinite(block).all():
+            first = position + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+            raise AudioError(f"{path}: contains NaN or infinite samples (the first at sample {first})")
+        position += block.shape[0]
+        block = np.ascontiguousarray(block.T)  # [C, n], as load_audio does before downmixing
+        if mono and block.shape[0] > 1:
+            block = block.mean(axis=0, keepdims=True, dtype=np.float32)
+        yield np.ascontiguousarray(block.T)
+
+
 def compress_file(model: AudioCodec, source: Path, target: Path, bitrate: float | None,
                   separate_channels: bool = False, coding: str = "auto", force: bool = False) -> int:
-    """Compress one audio file; returns the token file's size in bytes."""
+    """Compress one audio file, streaming; returns the token file's size in bytes."""
+    source, target = Path(source), Path(target)
     if target.exists() and not force:
         raise TokenwaveError(f"{target} exists; use --force to overwrite")
-    wav, sample_rate = load_audio(source, mono=not separate_channels)
-    data = encode_audio(model, wav, sample_rate, bitrate, coding)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tokenfile.write_token_file(target, data, overwrite=force)
-    return len(data)
+    if not _streams(model):  # whole file in memory
+        wav, sample_rate = load_audio(source, mono=not separate_channels)
+        data = encode_audio(model, wav, sample_rate, bitrate, coding)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tokenfile.write_token_file(target, data, overwrite=force)
+        return len(data)
+
+    probabilities = _probabilities(model)
+    if coding == "range" and probabilities is None:
+        raise TokenwaveError(f"{model.name} ships no entropy-coding tables; use --coding packed")
+    codings = ["packed"] if probabilities is None else ["range"] if coding == "auto" else [coding]
+    if coding == "auto" and probabilities is not None:
+        codings.append("packed")
+    with _open_audio(source) as f:
+        channels = f.channels if separate_channels else 1
+        encoder = model.stream_encoder(bitrate, batch=channels)
+        resampler = None
+        if f.samplerate != model.sample_rate:
+            resampler = soxr.ResampleStream(f.samplerate, model.sample_rate, channels, dtype="float32", quality="HQ")
+        header = tokenfile.TokenFileHeader(
+            model=model.name, model_hash=model.fingerprint, sample_rate=model.sample_rate,
+            frame_rate=float(model.frame_rate), num_codebooks=encoder.num_codebooks,
+            codebook_size=model.codebook_size, num_frames=0, length=0, channels=channels, coding=codings[0],
+        )
+        seconds = f.frames / f.samplerate if f.frames > 0 else 0.0
+        bar = tqdm(total=round(seconds), unit="s", desc=source.name, leave=False, file=sys.stderr,
+                   disable=None if seconds >= PROGRESS_SECONDS else True)
+        samples = 0  # read from the file
+        with tokenfile.StreamPacker(header, probabilities, codings) as packer, bar:
+            for block in _audio_blocks(f, source, mono=not separate_channels):
+                samples += block.shape[0]
+                if resampler is not None:
+                    block = resampler.resample_chunk(block, last=False)
+                packer.push(encoder.push(torch.from_numpy(block.T)))
+                bar.update(round(encoder.samples_in / model.sample_rate) - bar.n)
+            if resampler is not None:
+                packer.push(encoder.push(torch.from_numpy(resampler.resample_chunk(
+                    np.zeros((0, channels), np.float32), last=True).T)))
+            if samples == 0:
+                raise AudioError(f"{source}: contains no audio samples")
+            if encoder.samples_in == 0:
+                raise AudioError(f"{source}: {samples} sample(s) at {f.samplerate} Hz are too short: "
+                                 f"no samples at {model.sample_rate} Hz")
+            packer.push(encoder.flush())
+            packer.finish(length=encoder.samples_in)
+            best = min(reversed(codings), key=packer.size)  # "auto" keeps range coding only if it is smaller
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tokenfile.atomic_output(target, overwrite=force) as out:
+                return packer.write_to(out, best)
+
+
+def decode_stream(model: AudioCodec, data: bytes) -> tuple[tokenfile.TokenFileHeader, Iterator[np.ndarray]]:
+    """Token-file bytes -> (header, iterator of waveform blocks ``[C, n]`` float32 at the model's rate).
+
+    The file is checked whole first (:func:`tokenfile.decode_chunks`); the blocks then add up to
+    ``header.length`` samples, decoded at most :data:`DECODE_FRAMES` frames at a time. Problems
+    raise :class:`TokenFileError`, up front or (for a chunk whose codes are invalid) from the iterator."""
+    header = tokenfile.read_header(data)
+    check_model_matches(model, header)
+    header, chunks = tokenfile.decode_chunks(data, _probabilities(model))
+    C, T, length = header.channels, header.num_frames, header.length
+    if T == 0:  # a header may round the length up to one frame's worth of samples: silence
+        return header, iter([np.zeros((C, length), np.float32)] if length else [])
+    if not _streams(model):
+        codes = np.concatenate([c for _, c in chunks], axis=2)
+        return header, iter([model.decode(torch.from_numpy(codes), length=length)[:, 0].float().cpu().numpy()])
+    most = max(0, T - model.overlap + 1) * model.hop
+    if length > most:
+        raise TokenFileError(f"token file claims {length} samples, but its {T} frames decode to at most {most}")
+
+    def blocks() -> Iterator[np.ndarray]:
+        decoder = model.stream_decoder(length=length, batch=C)
+        pending, frames = [], 0  # codes gathered across chunks: small chunks are decoded together
+        for i, (_, codes) in enumerate(chunks):
+            pending.append(codes)
+            frames += codes.shape[2]
+            if frames < DECODE_FRAMES and i < header.num_chunks - 1:
+                continue
+            codes, pending, frames = np.concatenate(pending, axis=2), [], 0
+            for t in range(0, codes.shape[2], DECODE_FRAMES):
+                audio = decoder.push(torch.from_numpy(codes[:, :, t : t + DECODE_FRAMES]))  # [C, 1, n]
+                if audio.shape[-1]:
+                    yield audio[:, 0].float().cpu().numpy()
+        if decoder.remaining:  # cannot happen after the check above
+            raise TokenFileError(f"token file decoded to {length - decoder.remaining} of its {length} samples")
+
+    return header, blocks()
 
 
 def decompress_file(model: AudioCodec, source: Path, target: Path, force: bool = False) -> float:
-    """Decode one token file to audio (WAV or FLAC by extension); returns seconds of audio."""
+    """Decode one token file to audio (WAV or FLAC by extension), streaming; returns seconds of audio."""
+    source, target = Path(source), Path(target)
     if target.exists() and not force:
         raise TokenwaveError(f"{target} exists; use --force to overwrite")
+    fmt = WRITE_FORMATS.get(target.suffix.lower())
+    if fmt is None:
+        raise AudioError(f"{target}: cannot write {target.suffix or 'files without an extension'}; "
+                         f"use one of {', '.join(sorted(WRITE_FORMATS))}")
     try:
-        wav, sample_rate = decode_bytes(model, tokenfile.read_token_file(source))
+        header, blocks = decode_stream(model, tokenfile.read_token_file(source))
+        if header.length == 0:
+            raise AudioError(f"{source}: holds no audio")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=round(header.length / model.sample_rate), unit="s", desc=source.name, leave=False,
+                   file=sys.stderr, disable=None if header.length >= PROGRESS_SECONDS * model.sample_rate else True)
+        written = 0
+        # libsndfile writes through the descriptor itself, so its I/O errors come back as its own.
+        with (tokenfile.atomic_output(target, force, "audio file", AudioError) as f, bar,
+              sf.SoundFile(f.fileno(), "w", model.sample_rate, header.channels, "PCM_16", format=fmt,
+                           closefd=False) as out):
+            for block in blocks:
+                if not np.isfinite(block).all():
+                    raise AudioError(f"{source}: the model decoded NaN or infinite samples")
+                out.write(np.clip(block.T, -1.0, 1.0))
+                written += block.shape[1]
+                bar.update(round(written / model.sample_rate) - bar.n)
     except TokenFileError as error:
         raise TokenFileError(f"{source}: {error}") from None
-    if wav.shape[-1] == 0:
-        raise AudioError(f"{source}: holds no audio")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_audio(target, wav, sample_rate)
-    return wav.shape[-1] / sample_rate
+    except sf.SoundFileError as error:
+        raise AudioError(f"{target}: cannot write audio ({error})") from None
+    return header.length / model.sample_rate
 
 
 @dataclass

@@ -28,6 +28,7 @@ from torch import nn
 
 from codec.config import CodecConfig
 from codec.errors import AudioError, ModelError
+from codec.hub import CodecHubMixin
 from codec.interface import AudioCodec
 from codec.modules import ConvNeXtStack, ISTFTHead, STFTFeatures, frame_signal, overlap_add
 from codec.quantizer import ResidualVectorQuantizer
@@ -63,7 +64,7 @@ class Decoder(nn.Module):
         return self.head(x), cache
 
 
-class CodecModel(nn.Module, AudioCodec):
+class CodecModel(nn.Module, AudioCodec, CodecHubMixin):
     """Neural speech codec with one model for every bitrate (1 to ``num_codebooks`` codebooks)."""
 
     def __init__(self, config: CodecConfig):

@@ -1,8 +1,11 @@
 """Saving and loading codecs: ``codec.load(name_or_path)``.
 
 A saved codec is a folder with ``model.safetensors`` (float16 weights) and ``config.json``
-(the :class:`CodecConfig` fields plus ``weights_sha256``, checked on load so that a tampered
-or truncated weights file is refused). Nothing is unpickled.
+(the :class:`CodecConfig` fields plus ``weights_sha256``). Loading reads only JSON and
+safetensors (nothing is unpickled) and checks the weights file's SHA-256 against the config
+before parsing it, so a tampered, truncated or swapped weights file is refused with a
+:class:`ModelError` naming both hashes; a config without a well-formed ``weights_sha256`` is
+refused too.
 
 Names resolve in this order: a folder path; a folder of that name under ``$TOKENWAVE_WEIGHTS``
 or the repository's ``weights/``; the built-in random test models ``tiny-16k`` and
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -29,6 +33,7 @@ from codec.model import CodecModel
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 DEFAULT_MODEL = "speech-16k"
+MAX_CONFIG_BYTES = 1 << 20
 REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
 
@@ -60,28 +65,49 @@ def save_pretrained(model: CodecModel, directory: str | Path, extra: dict | None
     return directory
 
 
+def verify_weights(weights: Path, expected, config_path: Path) -> None:
+    """Raise :class:`ModelError` unless ``weights`` hashes to ``expected`` (from ``config_path``)."""
+    if not isinstance(expected, str) or not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise ModelError(
+            f"{config_path} has no valid weights_sha256 (64 lower-case hex digits), so {weights.name} cannot be "
+            "verified; re-export the model with codec.save_pretrained"
+        )
+    try:
+        actual = file_sha256(weights)
+        size = weights.stat().st_size
+    except OSError as error:
+        raise ModelError(f"cannot read {weights}: {error.strerror or error}") from None
+    if actual != expected:
+        raise ModelError(
+            f"{weights} ({size} bytes) has SHA-256 {actual[:16]}..., but {config_path.name} expects "
+            f"{expected[:16]}...: the file is truncated, corrupted or was changed; restore or re-export it"
+        )
+
+
 def load_pretrained(directory: str | Path) -> CodecModel:
-    """Load a folder written by :func:`save_pretrained`, ready for inference."""
+    """Load a folder written by :func:`save_pretrained`, ready for inference (hash checked first)."""
     directory = Path(directory)
     weights, config_path = directory / WEIGHTS_FILE, directory / CONFIG_FILE
     if not weights.is_file() or not config_path.is_file():
         raise ModelError(f"{directory} is not a tokenwave codec folder (needs {WEIGHTS_FILE} and {CONFIG_FILE})")
     try:
-        data = json.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"cannot read {config_path}: {error}") from None
+        if config_path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ModelError(f"{config_path} is over {MAX_CONFIG_BYTES} bytes: not a codec config")
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelError(f"cannot read {config_path}: {reason}") from None
     if not isinstance(data, dict):
         raise ModelError(f"{config_path} must hold a JSON object")
-    expected = data.pop("weights_sha256", None)
+    verify_weights(weights, data.pop("weights_sha256", None), config_path)
     data.pop("training", None)
-    if expected is not None and file_sha256(weights) != expected:
-        raise ModelError(f"{weights} does not match the sha256 in {config_path}: the file is corrupted or was changed")
     config = CodecConfig.from_dict(data)
     model = CodecModel(config)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as error:
-        raise ModelError(f"cannot read {weights}: {error}") from None
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(f"cannot read {weights}: {reason}") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

@@ -51,16 +51,20 @@ the bytes actually present before anything is allocated or decoded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
 import os
 import re
 import secrets
+import shutil
 import struct
+import tempfile
 import unicodedata
 import zlib
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
@@ -75,12 +79,17 @@ __all__ = [
     "MAX_SYMBOLS",
     "VERSION",
     "ChunkInfo",
+    "StreamPacker",
     "TokenFileHeader",
+    "atomic_output",
     "bits_per_second",
     "chunk_sizes",
     "chunks",
+    "decode_chunks",
+    "encode_chunk",
     "pack",
     "packed_bits_per_second",
+    "preamble",
     "read_header",
     "read_token_file",
     "unpack",
@@ -445,60 +454,165 @@ def _decode_chunk(data: bytes, header: TokenFileHeader, chunk: ChunkInfo, models
     return flat.reshape(K, C, F).transpose(1, 0, 2)
 
 
+def preamble(header: TokenFileHeader) -> bytes:
+    """Magic, version, header JSON and header CRC: everything before the first chunk."""
+    header_json = header.to_json().encode("utf-8")
+    if len(header_json) > MAX_HEADER_BYTES:
+        raise TokenFileError(f"token file header would be {len(header_json)} bytes, over {MAX_HEADER_BYTES}")
+    start = _PREAMBLE.pack(MAGIC, VERSION, len(header_json)) + header_json
+    return start + _CRC.pack(zlib.crc32(start))
+
+
+def coding_models(header: TokenFileHeader, probabilities) -> list | None:
+    """The range coder's models for ``header`` (None for packed coding); ``ValueError`` if
+    ``probabilities`` is missing or unusable."""
+    if header.coding != "range":
+        return None
+    if probabilities is None:
+        raise ValueError("coding='range' needs the model's probability tables")
+    return entropy.make_models(entropy.coding_table(probabilities, header.num_codebooks, header.codebook_size))
+
+
+def encode_chunk(index: int, codes: np.ndarray, header: TokenFileHeader, models: list | None) -> bytes:
+    """Chunk ``index`` of a file: codes ``[C, K, F]`` (already checked) -> header, payload and CRC."""
+    C, K, F = codes.shape
+    block = codes.transpose(1, 0, 2)  # [K, C, F], codebook-major
+    if header.coding == "range":
+        payload = entropy.encode_symbols(block.reshape(K, -1), models)
+        if C * K * F > entropy.max_symbols(len(payload)):  # cannot happen with coding_table's cap
+            raise RuntimeError(f"range coder produced too few bytes for chunk {index}; please report this")
+    else:
+        payload = _pack_bits(block.reshape(-1), header.bits_per_code)
+    chunk = _CHUNK.pack(index, F, len(payload)) + payload
+    return chunk + _CRC.pack(zlib.crc32(chunk))
+
+
+def _check_codes(codes, C: int, K: int, T: int | None, N: int) -> np.ndarray:
+    if hasattr(codes, "detach"):  # torch.Tensor, without importing torch
+        codes = codes.detach().cpu().numpy()
+    codes = np.asarray(codes)
+    if codes.ndim != 3 or codes.shape[:2] != (C, K) or (T is not None and codes.shape[2] != T):
+        want = f"[{C}, {K}, {T}]" if T is not None else f"[{C}, {K}, t]"
+        raise ValueError(f"codes have shape {tuple(codes.shape)}, the header says [C, K, T] = {want}")
+    if codes.dtype.kind not in "iu":
+        raise ValueError(f"codes must be integers, not {codes.dtype}")
+    if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= N):
+        raise ValueError(f"codes must lie in [0, {N}), got [{int(codes.min())}, {int(codes.max())}]")
+    return codes
+
+
 def pack(codes, header: TokenFileHeader, probabilities: np.ndarray | None = None) -> bytes:
     """Codes ``[C, K, T]`` (numpy or torch ints) -> token file bytes, coded as ``header.coding``.
 
     ``coding="range"`` needs the model's probability table ``[K_max, codebook_size]``.
     Raises :class:`TokenFileError` for an invalid header and ``ValueError`` for codes that do
     not match it or a missing/unusable table."""
-    header_json = header.to_json().encode("utf-8")
-    if len(header_json) > MAX_HEADER_BYTES:
-        raise TokenFileError(f"token file header would be {len(header_json)} bytes, over {MAX_HEADER_BYTES}")
-    if hasattr(codes, "detach"):  # torch.Tensor, without importing torch
-        codes = codes.detach().cpu().numpy()
-    codes = np.asarray(codes)
+    start = preamble(header)
     C, K, T, N = header.channels, header.num_codebooks, header.num_frames, header.codebook_size
-    if codes.shape != (C, K, T):
-        raise ValueError(f"codes have shape {tuple(codes.shape)}, the header says [C, K, T] = [{C}, {K}, {T}]")
-    if codes.dtype.kind not in "iu":
-        raise ValueError(f"codes must be integers, not {codes.dtype}")
-    if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= N):
-        raise ValueError(f"codes must lie in [0, {N}), got [{int(codes.min())}, {int(codes.max())}]")
-    models = None
-    if header.coding == "range":
-        if probabilities is None:
-            raise ValueError("coding='range' needs the model's probability tables")
-        models = entropy.make_models(entropy.coding_table(probabilities, K, N))
-
-    preamble = _PREAMBLE.pack(MAGIC, VERSION, len(header_json)) + header_json
-    parts = [preamble, _CRC.pack(zlib.crc32(preamble))]
+    codes = _check_codes(codes, C, K, T, N)
+    models = coding_models(header, probabilities)
+    parts = [start]
     for i in range(header.num_chunks):
         t0 = i * header.chunk_frames
-        block = codes[:, :, t0 : t0 + header.chunk_frames].transpose(1, 0, 2)  # [K, C, F], codebook-major
-        frames = block.shape[2]
-        if models is not None:
-            payload = entropy.encode_symbols(block.reshape(K, -1), models)
-            if C * K * frames > entropy.max_symbols(len(payload)):  # cannot happen with coding_table's cap
-                raise RuntimeError(f"range coder produced too few bytes for chunk {i}; please report this")
-        else:
-            payload = _pack_bits(block.reshape(-1), header.bits_per_code)
-        chunk = _CHUNK.pack(i, frames, len(payload)) + payload
-        parts += [chunk, _CRC.pack(zlib.crc32(chunk))]
+        parts.append(encode_chunk(i, codes[:, :, t0 : t0 + header.chunk_frames], header, models))
     return b"".join(parts)
+
+
+class StreamPacker:
+    """Token files written with bounded memory: codes ``[C, K, t]`` pushed in pieces of any size.
+
+    A header needs the total frame count and length, which a stream only knows at its end, so
+    complete chunks are coded at once and spooled to anonymous temporary files (one per coding
+    tried: "auto" compression codes both and keeps the smaller); :meth:`write_to` then writes
+    the header followed by the chosen coding's chunks. The bytes equal :func:`pack` of all the
+    codes at once. ``header`` gives every field but ``num_frames``, ``length`` and ``coding``.
+    """
+
+    def __init__(self, header: TokenFileHeader, probabilities=None, codings=("range", "packed")):
+        self.header = replace(header, num_frames=0, length=0)
+        self.models = {c: coding_models(replace(self.header, coding=c), probabilities) for c in codings}
+        # Anonymous (unlinked at once): nothing is left behind if the process is killed.
+        self.spools = {c: tempfile.TemporaryFile() for c in codings}  # noqa: SIM115 - closed by close()
+        self.pending: list[np.ndarray] = []  # codes of the chunk being filled
+        self.pending_frames = 0
+        self.num_frames = 0
+        self.num_chunks = 0
+
+    def push(self, codes) -> None:
+        """Append codes ``[C, K, t]``; every chunk they complete is coded and spooled."""
+        h = self.header
+        codes = _check_codes(codes, h.channels, h.num_codebooks, None, h.codebook_size)
+        if codes.shape[2]:
+            self.pending.append(codes)
+            self.pending_frames += codes.shape[2]
+            self.num_frames += codes.shape[2]
+        while self.pending_frames >= h.chunk_frames:
+            self._spool(h.chunk_frames)
+
+    def _spool(self, frames: int) -> None:
+        codes = np.concatenate(self.pending, axis=2)
+        for coding, spool in self.spools.items():
+            spool.write(encode_chunk(self.num_chunks, codes[:, :, :frames], replace(self.header, coding=coding),
+                                     self.models[coding]))
+        self.num_chunks += 1
+        rest = codes[:, :, frames:]
+        self.pending, self.pending_frames = ([rest] if rest.shape[2] else []), rest.shape[2]
+
+    def finish(self, length: int) -> None:
+        """End of the codes: spool the last, shorter chunk; ``length`` is the signal's length in samples."""
+        if self.pending_frames:
+            self._spool(self.pending_frames)
+        self.header = replace(self.header, num_frames=self.num_frames, length=length)
+        self.header.validate()
+
+    def size(self, coding: str) -> int:
+        """Bytes the file would take with ``coding`` (after :meth:`finish`)."""
+        return len(preamble(replace(self.header, coding=coding))) + self.spools[coding].tell()
+
+    def write_to(self, out, coding: str) -> int:
+        """Write the whole file with ``coding`` to the binary file ``out``; returns its size in bytes."""
+        out.write(preamble(replace(self.header, coding=coding)))
+        spool = self.spools[coding]
+        spool.seek(0)
+        shutil.copyfileobj(spool, out, 1 << 20)
+        return self.size(coding)
+
+    def close(self) -> None:
+        for spool in self.spools.values():
+            spool.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def decode_chunks(data: bytes, probabilities=None) -> tuple[TokenFileHeader, Iterator[tuple[int, np.ndarray]]]:
+    """Validate a whole token file (structure, sizes, every checksum), then decode it chunk by
+    chunk: -> (header, iterator of (first frame, codes ``[C, K, F]`` int64)).
+
+    Memory stays at one chunk's codes. Problems found while decoding a chunk (an invalid range
+    coded stream, codes outside the codebook) raise :class:`TokenFileError` from the iterator."""
+    data = _as_bytes(data)
+    header, offset = _parse_header(data)
+    listed = _scan(data, header, offset, verify_crc=True)  # sizes checked against the bytes present
+    models = _models_for(header, probabilities)
+
+    def decoded():
+        for chunk in listed:
+            yield chunk.frame_offset, _decode_chunk(data, header, chunk, models, verify_crc=False)
+
+    return header, decoded()
 
 
 def unpack(data: bytes, probabilities: np.ndarray | None = None) -> tuple[TokenFileHeader, np.ndarray]:
     """Token file bytes -> (header, codes ``[C, K, T]`` int64). Range coded files need the
     model's probability table. Every problem with the file raises :class:`TokenFileError`."""
-    data = _as_bytes(data)
-    header, offset = _parse_header(data)
-    listed = _scan(data, header, offset, verify_crc=True)  # sizes checked against the bytes present
-    models = _models_for(header, probabilities)
+    header, decoded = decode_chunks(data, probabilities)
     codes = np.empty((header.channels, header.num_codebooks, header.num_frames), dtype=np.int64)
-    for chunk in listed:
-        codes[:, :, chunk.frame_offset : chunk.frame_offset + chunk.num_frames] = _decode_chunk(
-            data, header, chunk, models, verify_crc=False
-        )
+    for frame, chunk_codes in decoded:
+        codes[:, :, frame : frame + chunk_codes.shape[2]] = chunk_codes
     return header, codes
 
 
@@ -520,21 +634,26 @@ def unpack_chunk(data: bytes, index: int, probabilities: np.ndarray | None = Non
 # Files
 
 
-def write_token_file(path, data: bytes, overwrite: bool = False) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, then rename).
+@contextlib.contextmanager
+def atomic_output(path, overwrite: bool = False, what: str = "token file", error=TokenFileError):
+    """Write a file atomically: ``with atomic_output(path) as f: f.write(...)``.
 
-    Refuses to replace an existing file unless ``overwrite``; raises :class:`TokenFileError`."""
-    data = _as_bytes(data)
+    ``f`` is a binary file (readable and seekable too, as libsndfile wants) on a hidden temporary
+    file in the same folder; when the block ends without an exception the data is flushed to
+    disk and only then given the name ``path``, so a process killed at any moment leaves either
+    no file at ``path`` or the complete one (at worst a hidden ``.NAME.XXXXXXXX.tmp`` beside it).
+    An exception removes the temporary file. Refuses to replace an existing file unless
+    ``overwrite``. ``OSError``s become ``error`` (a :class:`TokenwaveError` class) naming ``what``."""
     path = os.fspath(path)
     folder, name = os.path.split(os.path.abspath(path))
-    exists = TokenFileError(f"{path} already exists (overwrite it explicitly to replace it)")
+    exists = error(f"{path} already exists (overwrite it explicitly to replace it)")
     if not overwrite and os.path.lexists(path):
         raise exists
     tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with os.fdopen(fd, "w+b") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         if overwrite:
@@ -549,10 +668,19 @@ def write_token_file(path, data: bytes, overwrite: bool = False) -> None:
                     raise exists from None
                 os.replace(tmp, path)
     except OSError as e:
-        raise TokenFileError(f"cannot write token file {path}: {e.strerror or e}") from None
+        raise error(f"cannot write {what} {path}: {e.strerror or e}") from None
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+def write_token_file(path, data: bytes, overwrite: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_output`).
+
+    Refuses to replace an existing file unless ``overwrite``; raises :class:`TokenFileError`."""
+    data = _as_bytes(data)
+    with atomic_output(path, overwrite) as f:
+        f.write(data)
 
 
 def read_token_file(path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:

@@ -43,17 +43,17 @@ others wait at a barrier. Every process holds the whole training set in memory.
 Logs: ``OUT/log.jsonl`` (one JSON line every 10 steps, dev metrics every ``eval_every`` steps)
 and the same scalars for TensorBoard under ``OUT/tensorboard/`` (``train/...`` and ``dev/...``;
 skipped with a note when the ``tensorboard`` package is missing).
+
+The generic parts (devices and torchrun jobs, atomic checkpoints with corrupted-file fallback,
+logs, the learning-rate schedule) live in :mod:`codec.distributed` and :mod:`codec.checkpoints`,
+shared with the token LMs' training loop (:mod:`tokenlm.train`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
-import inspect
 import json
-import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -64,14 +64,19 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from codec import checkpoints
+from codec.checkpoints import RunLog, summary_writer, warmup_cosine
 from codec.config import CodecConfig
 from codec.data import AudioCorpus, read_manifest, select_split, step_rng
 from codec.discriminator import MultiScaleSTFTDiscriminator
+from codec.distributed import Distributed, no_buffer_broadcast, setup_device_and_job, wrap_ddp
 from codec.errors import TokenwaveError
 from codec.losses import SpectralLoss, discriminator_loss, feature_matching_loss, generator_adversarial_loss
 from codec.model import CodecModel
 from codec.modules import frame_signal
 from codec.pretrained import save_pretrained
+
+_summary_writer = summary_writer  # its old name here (now in codec.checkpoints)
 
 
 @dataclass
@@ -99,62 +104,6 @@ class TrainConfig:
     codec: dict = field(default_factory=dict)
 
 
-@dataclass
-class Distributed:
-    """Where this process stands in a torchrun job (rank 0 of 1 without one)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owns_group: bool = False  # we initialised the process group, so we destroy it
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA when torch sees a GPU, else the CPU. Each process of a job takes GPU ``local_rank``."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise TokenwaveError(f"unknown device {name!r} (auto, cpu or cuda)")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise TokenwaveError("--device cuda: torch sees no CUDA GPU")
-    if local_rank >= torch.cuda.device_count():
-        raise TokenwaveError(f"process {local_rank} needs GPU {local_rank}, but torch sees {torch.cuda.device_count()}")
-    return torch.device("cuda", local_rank)
-
-
-def setup_distributed(device: torch.device) -> Distributed:
-    """Join the torchrun job described by ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` (if any)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Distributed()
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-    owns_group = not dist.is_initialized()
-    if owns_group:
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        # Rank 0 evaluates and exports while the others wait: allow for a slow export.
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=60))
-    return Distributed(dist.get_rank(), dist.get_world_size(), local_rank, owns_group)
-
-
 def draw_batch(corpus: AudioCorpus, seed: int, step: int, batch_size: int, crop: int,
                rank: int = 0, world_size: int = 1) -> np.ndarray:
     """This process's share ``[batch_size / world_size, 1, crop]`` of the global batch of ``step``.
@@ -166,15 +115,6 @@ def draw_batch(corpus: AudioCorpus, seed: int, step: int, batch_size: int, crop:
     # The crops of item b depend on the draws for items < b, so every rank draws the whole
     # batch (cheap next to a training step) and keeps its slice.
     return corpus.batch(step_rng(seed, step), batch_size, crop)[rank * share : (rank + 1) * share]
-
-
-def _no_buffer_broadcast() -> dict:
-    """DDP option that stops it copying rank 0's buffers to the others before every forward pass:
-    the codebooks are buffers that every process updates identically in the forward pass (newer
-    torch renames ``broadcast_buffers`` to ``forward_sync_buffers``; buffers are still synced once
-    at start, which does no harm)."""
-    parameters = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
-    return {"forward_sync_buffers": False} if "forward_sync_buffers" in parameters else {"broadcast_buffers": False}
 
 
 def quantizer_digest(model: CodecModel) -> str:
@@ -198,60 +138,17 @@ def _check_codebooks_agree(model: CodecModel, distributed: Distributed, device: 
         raise TokenwaveError("the codebooks of the training processes have diverged")
 
 
-def _summary_writer(folder: Path, resumed_step: int):
-    """A TensorBoard SummaryWriter, or None (with one note) when tensorboard is not installed."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        tqdm.write("note: tensorboard is not installed; logging to log.jsonl only (pip install tensorboard)",
-                   file=sys.stderr)
-        return None
-    # Steps after the checkpoint may have been logged by the interrupted run: hide those events.
-    return SummaryWriter(str(folder), purge_step=resumed_step + 1 if resumed_step else None)
-
-
-def _tensorboard_tag(key: str) -> str:
-    return f"dev/{key[4:]}" if key.startswith("dev_") else f"train/{key}"
-
-
 def lr_at(step: int, config: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to 10% at ``config.steps``."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
-    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def _checkpoints(out_dir: Path) -> list[Path]:
-    return sorted((out_dir / "checkpoints").glob("step_*.pt"))
+    return warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
 
 
 def save_checkpoint(out_dir: Path, step: int, model, optimizer, codec_config: CodecConfig, keep: int = 3,
                     discriminator=None, discriminator_optimizer=None) -> Path:
-    folder = out_dir / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step_{step:07d}.pt"
-    tmp = path.with_suffix(".tmp")
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": codec_config.to_dict()}
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": codec_config.to_dict()}
     if discriminator is not None:
         state |= {"discriminator": discriminator.state_dict(), "discriminator_optimizer": discriminator_optimizer.state_dict()}
-    torch.save(state, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    for old in _checkpoints(out_dir)[:-keep]:
-        old.unlink()
-    return path
-
-
-def load_latest_checkpoint(out_dir: Path) -> dict | None:
-    """The newest checkpoint that loads; corrupted ones are reported and skipped."""
-    for path in reversed(_checkpoints(out_dir)):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - any torn or corrupted file: fall back to the previous one
-            tqdm.write(f"warning: skipping unreadable checkpoint {path.name}: {type(error).__name__}")
-    return None
+    return checkpoints.save_checkpoint(out_dir, step, state, keep)
 
 
 @torch.no_grad()
@@ -295,10 +192,7 @@ def train_codec(config: TrainConfig) -> Path:
     """Train (or resume) and return the export folder (in every process of a torchrun job)."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    distributed = setup_distributed(device)
+    device, distributed = setup_device_and_job(config.device)
     try:
         return _train(config, device, distributed)
     finally:
@@ -311,9 +205,7 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
         raise TokenwaveError(f"batch size {config.batch_size} is not divisible by the {distributed.world_size} processes")
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = load_latest_checkpoint(out_dir) if config.resume else None
-    if config.resume and checkpoint is None and _checkpoints(out_dir):
-        raise TokenwaveError(f"no readable checkpoint in {out_dir / 'checkpoints'}")
+    checkpoint = checkpoints.resume_checkpoint(out_dir, config.resume, required=("model", "optimizer", "step", "config"))
     codec_config = CodecConfig.from_dict(checkpoint["config"]) if checkpoint else CodecConfig(**config.codec)
 
     recordings = [r for manifest in config.manifests for r in read_manifest(manifest)]
@@ -340,27 +232,15 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
     discriminator, d_optimizer = _discriminator(config, codec_config, checkpoint, device, main)
     del checkpoint
     net, d_net = model, discriminator
-    if distributed.enabled:
-        starts = torch.tensor([start, -start], dtype=torch.int64, device=device)
-        dist.all_reduce(starts, op=dist.ReduceOp.MAX)
-        if starts.tolist() != [start, -start]:
-            raise TokenwaveError("the training processes resumed from different checkpoints")
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, **_no_buffer_broadcast()
-        )
-        if discriminator is not None:  # averages its gradients over the processes' slices of the batch
-            d_net = torch.nn.parallel.DistributedDataParallel(
-                discriminator, device_ids=[device.index] if device.type == "cuda" else None, **_no_buffer_broadcast()
-            )
+    distributed.check_same_step(start, device)
+    net = wrap_ddp(model, device, distributed, **no_buffer_broadcast())
+    if discriminator is not None:  # averages its gradients over the processes' slices of the batch
+        d_net = wrap_ddp(discriminator, device, distributed, **no_buffer_broadcast())
     loss_fn = SpectralLoss(codec_config.sample_rate).to(device)
     crop = int(config.crop_seconds * codec_config.sample_rate) // codec_config.hop_length * codec_config.hop_length
     if discriminator is not None and crop < max(scale.n_fft for scale in discriminator.scales):
         raise TokenwaveError(f"--adversarial needs crops of at least {max(s.n_fft for s in discriminator.scales)} samples")
-    with contextlib.ExitStack() as closing:
-        log = closing.enter_context(open(out_dir / "log.jsonl", "a")) if main else None
-        writer = _summary_writer(out_dir / "tensorboard", start) if main else None
-        if writer is not None:
-            closing.callback(writer.close)
+    with contextlib.closing(RunLog(out_dir, start, enabled=main)) as log:
         net.train()
         if d_net is not None:
             d_net.train()
@@ -388,10 +268,7 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
             window_steps += 1
             if (step + 1) % 10 == 0:
                 losses = {"loss": float(loss.detach()), "commitment": float(quantized.commitment_loss.detach())} | parts
-                if distributed.enabled:  # the mean over the processes: the loss of the global batch
-                    values = torch.tensor(list(losses.values()), dtype=torch.float64, device=device)
-                    dist.all_reduce(values)
-                    losses = dict(zip(losses, (values / distributed.world_size).tolist()))
+                losses = distributed.mean(losses, device)  # the loss of the global batch
                 steps_per_second = window_steps / (time.time() - window_start)
                 window_start, window_steps = time.time(), 0
                 record = ({"step": step + 1, "loss": losses.pop("loss"), "commitment": losses.pop("commitment"),
@@ -402,13 +279,7 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
                     if (step + 1) % config.eval_every == 0:
                         record |= evaluate(model, dev_batch, loss_fn)
                         tqdm.write(json.dumps(record))
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                    if writer is not None:
-                        for key, value in record.items():
-                            if key != "step":
-                                writer.add_scalar(_tensorboard_tag(key), value, step + 1)
-                        writer.flush()
+                    log.write(record)
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
                 _check_codebooks_agree(model, distributed, device)
                 if main:

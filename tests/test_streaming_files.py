@@ -1,0 +1,237 @@
+"""Streaming ``compress``/``decompress`` (codec/files.py, tokenfile.StreamPacker): the same bytes as
+whole-file encoding, bounded work per step, the decoded length equal to the input's, and clean
+errors for files that only go wrong midway. (The hour-long run with peak memory is a benchmark:
+``tokenwave bench-long``.)"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from codec import files
+from codec import tokenfile as tf
+from codec.audio import load_audio
+from codec.errors import AudioError, TokenFileError, TokenwaveError
+from codec.fuzz import zipf_counts
+from codec.model import weights_fingerprint
+from codec.pretrained import tiny_random
+from codec.streaming import StreamingDecoder, StreamingEncoder
+
+
+def speechlike(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """``[N, C]`` float32: harmonics with a syllable envelope plus a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(round(seconds * rate)) / rate
+    phase = 2 * np.pi * np.cumsum(130 + 40 * np.sin(2 * np.pi * 0.4 * t)) / rate
+    x = sum(np.sin(h * phase + h) / h for h in range(1, 15)) * np.clip(np.sin(2 * np.pi * 3.3 * t), 0.05, None)
+    x = 0.4 * x / np.abs(x).max()
+    return np.stack([np.roll(x, 91 * c) + 0.01 * rng.standard_normal(len(t)) for c in range(channels)], 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The tiny codec with skewed entropy tables, as trained ones have."""
+    m = tiny_random(16_000)
+    m.code_counts.copy_(torch.from_numpy(zipf_counts(np.random.default_rng(1), m.max_codebooks, m.codebook_size)))
+    m._fingerprint = weights_fingerprint(m.state_dict())
+    return m
+
+
+CASES = [  # (seconds, rate, channels, separate, coding, subtype)
+    (12.3, 16_000, 1, False, "auto", "PCM_16"),  # three 250-frame chunks
+    (7.1, 44_100, 2, False, "auto", "PCM_16"),  # resampled while streaming, downmixed
+    (6.0, 22_050, 2, True, "range", "FLOAT"),
+    (5.5, 8_000, 3, False, "packed", "PCM_24"),
+    (0.01, 48_000, 1, False, "auto", "PCM_16"),  # shorter than a frame
+]
+
+
+@pytest.mark.parametrize(("seconds", "rate", "channels", "separate", "coding", "subtype"), CASES)
+def test_streaming_compress_is_byte_identical_to_whole_file(tmp_path, monkeypatch, model, seconds, rate, channels,
+                                                           separate, coding, subtype):
+    monkeypatch.setattr(files, "READ_FRAMES", 7777)  # many blocks, none aligned with frames or chunks
+    source = tmp_path / "in.wav"
+    sf.write(source, speechlike(seconds, rate, channels), rate, subtype=subtype)
+    size = files.compress_file(model, source, tmp_path / "x.tok", None, separate, coding)
+    data = (tmp_path / "x.tok").read_bytes()
+    wav, sr = load_audio(source, mono=not separate)
+    assert data == files.encode_audio(model, wav, sr, None, coding) and size == len(data)
+    header = tf.read_header(data)
+    assert header.length == round(wav.shape[1] * 16_000 / rate) and header.channels == (channels if separate else 1)
+
+
+def test_bitrate_and_tie_rule(tmp_path, model):
+    source = tmp_path / "in.wav"
+    sf.write(source, speechlike(2.0, 16_000), 16_000)
+    files.compress_file(model, source, tmp_path / "a.tok", 1.5)
+    assert tf.read_header((tmp_path / "a.tok").read_bytes()).num_codebooks == 3
+    uniform = tiny_random(16_000)  # flat tables: range coding cannot win, auto packs
+    files.compress_file(uniform, source, tmp_path / "b.tok", None)
+    wav, sr = load_audio(source)
+    assert (tmp_path / "b.tok").read_bytes() == files.encode_audio(uniform, wav, sr, None)
+    assert tf.read_header((tmp_path / "b.tok").read_bytes()).coding == "packed"
+
+
+def test_streaming_decompress_matches_whole_decode_and_length(tmp_path, monkeypatch, model):
+    monkeypatch.setattr(files, "DECODE_FRAMES", 37)
+    source = tmp_path / "in.wav"
+    sf.write(source, speechlike(11.0, 16_000, channels=2), 16_000)
+    files.compress_file(model, source, tmp_path / "x.tok", None, separate_channels=True)
+    seconds = files.decompress_file(model, tmp_path / "x.tok", tmp_path / "x.wav")
+    decoded, rate = sf.read(tmp_path / "x.wav", dtype="float32", always_2d=True)
+    assert rate == 16_000 and decoded.shape == (11 * 16_000, 2) and seconds == 11.0
+    whole, _ = files.decode_bytes(model, (tmp_path / "x.tok").read_bytes())
+    # Chunked decoding equals whole decoding to float tolerance: at most one 16-bit step apart.
+    assert np.abs(decoded - np.clip(whole.T, -1, 1)).max() <= 1.5 / 32768
+    files.decompress_file(model, tmp_path / "x.tok", tmp_path / "x.flac")
+    assert sf.info(str(tmp_path / "x.flac")).frames == 11 * 16_000
+
+
+def test_work_per_step_is_bounded(tmp_path, monkeypatch, model):
+    """Memory cannot grow with the audio: every encoder and decoder step takes a bounded piece."""
+    pushed, decoded = [], []
+    push, dpush = StreamingEncoder.push, StreamingDecoder.push
+    monkeypatch.setattr(StreamingEncoder, "push", lambda self, wav: pushed.append(wav.shape[-1]) or push(self, wav))
+    monkeypatch.setattr(StreamingDecoder, "push", lambda self, c: decoded.append(c.shape[-1]) or dpush(self, c))
+    monkeypatch.setattr(files, "READ_FRAMES", 4000)
+    source = tmp_path / "in.wav"
+    sf.write(source, speechlike(15.0, 48_000), 48_000)
+    files.compress_file(model, source, tmp_path / "x.tok", None)
+    assert len(pushed) > 150 and max(pushed) <= 2 * 4000 * 16_000 // 48_000  # soxr hands out uneven pieces
+    files.decompress_file(model, tmp_path / "x.tok", tmp_path / "x.wav")
+    assert max(decoded) <= files.DECODE_FRAMES and sum(decoded) == tf.read_header((tmp_path / "x.tok").read_bytes()).num_frames
+    assert sf.info(str(tmp_path / "x.wav")).frames == 15 * 16_000
+
+
+def test_many_tiny_chunks_decode_together(tmp_path, model):
+    """A file of 1-frame chunks is decoded in DECODE_FRAMES pieces, not frame by frame."""
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 1024, (1, 4, 400))
+    header = tf.TokenFileHeader(model=model.name, model_hash=model.fingerprint, sample_rate=16_000, frame_rate=50.0,
+                                num_codebooks=4, codebook_size=1024, num_frames=400, length=399 * 320, chunk_frames=1,
+                                coding="packed")
+    _, blocks = files.decode_stream(model, tf.pack(codes, header))
+    sizes = [b.shape[1] for b in blocks]
+    assert sum(sizes) == 399 * 320 and len(sizes) <= 3
+    whole = model.decode(torch.from_numpy(codes), length=399 * 320)[0, 0].numpy()
+    np.testing.assert_allclose(np.concatenate([b[0] for b in files.decode_stream(model, tf.pack(codes, header))[1]]),
+                               whole, atol=1e-5)
+
+
+def _with_bad_last_chunk(data: bytes) -> bytes:
+    """A file whose last chunk has a valid CRC but a payload the range decoder rejects."""
+    last = tf.chunks(data)[-1]
+    start, end = last.offset + 12, last.offset + 12 + last.payload_bytes
+    payload = b"\xff" * (end - start)
+    chunk = data[last.offset : start] + payload
+    return data[: last.offset] + chunk + struct.pack("<I", zlib.crc32(chunk))
+
+
+def test_errors_found_midway_leave_nothing(tmp_path, model):
+    source = tmp_path / "in.wav"
+    sf.write(source, speechlike(12.0, 16_000), 16_000)
+    files.compress_file(model, source, tmp_path / "x.tok", None, coding="range")
+    data = (tmp_path / "x.tok").read_bytes()
+    bad = tmp_path / "bad.tok"
+    bad.write_bytes(_with_bad_last_chunk(data))
+    with pytest.raises(TokenFileError, match="bad.tok: chunk 2"):
+        files.decompress_file(model, bad, tmp_path / "out.wav")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tok", "in.wav", "x.tok"]
+
+    nan = speechlike(12.0, 16_000)
+    nan[150_000] = np.nan  # in the third read block
+    sf.write(tmp_path / "nan.wav", nan, 16_000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="nan.wav: contains NaN or infinite samples \\(the first at sample 150000\\)"):
+        files.compress_file(model, tmp_path / "nan.wav", tmp_path / "nan.tok", None)
+    assert not (tmp_path / "nan.tok").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_header_that_does_not_fit_the_model_is_refused(model):
+    data = tf.pack(np.zeros((1, 2, 10), np.int64), tf.TokenFileHeader(
+        model=model.name, model_hash=model.fingerprint, sample_rate=16_000, frame_rate=50.0, num_codebooks=2,
+        codebook_size=1024, num_frames=10, length=9 * 320, coding="packed"))
+    obj = json.loads(tf.read_header(data).to_json())
+
+    def variant(**changes) -> bytes:
+        text = json.dumps(dict(obj, **changes)).encode()
+        start = tf.MAGIC + struct.pack("<HI", 1, len(text)) + text
+        return start + struct.pack("<I", zlib.crc32(start)) + data[10 + len(tf.read_header(data).to_json()) + 4 :]
+
+    for changes, match in [
+        ({"sample_rate": 32_000}, "32000 Hz"), ({"frame_rate": 25.0}, "frames/s"),
+        ({"length": 10 * 320}, "decode to at most 2880"), ({"model_hash": "00"}, "made by model"),
+    ]:
+        with pytest.raises(TokenFileError, match=match):
+            list(files.decode_stream(model, variant(**changes))[1])
+    _, blocks = files.decode_stream(model, variant(length=0))  # nothing to decode, but checked
+    assert list(blocks) == []
+
+
+def test_stream_packer_equals_pack_for_any_pieces():
+    rng = np.random.default_rng(5)
+    table = np.stack([rng.permutation(1.0 / np.arange(1, 1025)) for _ in range(6)])
+    for _ in range(10):
+        C, K, T, chunk_frames = int(rng.integers(1, 3)), int(rng.integers(1, 7)), int(rng.integers(0, 700)), int(rng.integers(1, 300))
+        codes = rng.integers(0, 1024, (C, K, T))
+        header = tf.TokenFileHeader(model="m", model_hash="ab", sample_rate=16_000, frame_rate=50.0, num_codebooks=K,
+                                    codebook_size=1024, num_frames=T, length=T * 320, channels=C,
+                                    chunk_frames=chunk_frames)
+        with tf.StreamPacker(header, table) as packer:
+            cuts = np.sort(rng.integers(0, T + 1, int(rng.integers(0, 8))))
+            for a, b in zip([0, *cuts], [*cuts, T]):
+                packer.push(codes[:, :, a:b])
+            packer.finish(T * 320)
+            for coding in tf.CODINGS:
+                header.coding = coding
+                buf = io.BytesIO()
+                assert packer.write_to(buf, coding) == packer.size(coding) == len(buf.getvalue())
+                assert buf.getvalue() == tf.pack(codes, header, table)
+    with pytest.raises(ValueError, match="shape"), tf.StreamPacker(header, table) as packer:
+        packer.push(np.zeros((C, K + 1, 3), np.int64))
+
+
+def test_atomic_output(tmp_path):
+    target = tmp_path / "a.bin"
+    with pytest.raises(KeyError), tf.atomic_output(target) as f:
+        f.write(b"partial")
+        raise KeyError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with tf.atomic_output(target) as f:
+        f.write(b"one")
+    with pytest.raises(TokenwaveError, match="already exists"), tf.atomic_output(target) as f:
+        f.write(b"two")
+    assert target.read_bytes() == b"one"
+    with tf.atomic_output(target, overwrite=True) as f:
+        f.write(b"three")
+    assert target.read_bytes() == b"three" and [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+    with pytest.raises(AudioError, match="cannot write audio file"), \
+            tf.atomic_output(tmp_path / "missing" / "x.wav", what="audio file", error=AudioError):
+        pass
+
+
+def test_models_without_streaming_take_the_whole_file_path(tmp_path, model):
+    class NoStreaming:
+        """A codec offering only the AudioCodec interface (like the transformers ones)."""
+
+        def __init__(self, inner):
+            self._inner = inner
+
+        def __getattr__(self, name):
+            if name.startswith("stream_"):
+                raise AttributeError(name)
+            return getattr(self._inner, name)
+
+    wrapped = NoStreaming(model)
+    source = tmp_path / "in.wav"
+    sf.write(source, speechlike(3.0, 16_000), 16_000)
+    files.compress_file(wrapped, source, tmp_path / "x.tok", None)
+    files.decompress_file(wrapped, tmp_path / "x.tok", tmp_path / "x.wav")
+    assert sf.info(str(tmp_path / "x.wav")).frames == 3 * 16_000

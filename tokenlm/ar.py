@@ -1,0 +1,113 @@
+"""The autoregressive (AR) token LM: phonemes -> first RVQ layer of the codec codes.
+
+Decoder-only over one sequence per utterance::
+
+    [phonemes p_0 .. p_{P-1}] [bos, c_0 .. c_{T-1}]   ->   predicts c_0 .. c_{T-1}, eos
+
+Phonemes (prompt text + target text) use a text embedding table, audio tokens an audio table
+of ``codebook_size + 2`` entries (``eos = codebook_size``, ``bos = codebook_size + 1``); the
+head predicts ``codebook_size + 1`` classes (codes and eos). The whole sequence, phonemes
+included, is causal (simple, and it lets generation cache the phoneme part like any prefix).
+RoPE positions are contiguous per row: phoneme j at j, audio input t at ``P + t``.
+
+Batches are right-padded in two blocks, ``[phonemes padded to P_max][audio padded to T+1]``;
+per-row positions and a key padding mask make each row compute exactly what it would alone.
+Rows with ``phoneme_lengths == 0`` are text-free (continuation of audio alone).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tokenlm.batch import LMBatch
+from tokenlm.config import LMConfig
+from tokenlm.transformer import Transformer, attention_mask, init_weights, padding_mask
+
+
+class ARModel(nn.Module):
+    """``forward(phonemes [B,P], phoneme_lengths [B], codes [B,T], code_lengths [B])
+    -> logits [B, T+1, codebook_size+1]``: position t predicts ``codes[t]``, position
+    ``code_lengths[b]`` predicts eos."""
+
+    kind = "ar"
+
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        self.config = config
+        self.eos, self.bos = config.codebook_size, config.codebook_size + 1
+        self.text_emb = nn.Embedding(config.n_phonemes, config.d_model)
+        self.audio_emb = nn.Embedding(config.codebook_size + 2, config.d_model)
+        self.transformer = Transformer(config)
+        self.head = nn.Linear(config.d_model, config.codebook_size + 1, bias=False)
+        init_weights(self, config.n_layers)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        phonemes: torch.Tensor,
+        phoneme_lengths: torch.Tensor,
+        codes: torch.Tensor,
+        code_lengths: torch.Tensor,
+    ) -> torch.Tensor:
+        B, P = phonemes.shape
+        T = codes.shape[1]
+        audio_in = torch.cat(
+            [torch.full((B, 1), self.bos, dtype=torch.long, device=codes.device), codes], dim=1
+        )
+        x = torch.cat([self.text_emb(phonemes), self.audio_emb(audio_in)], dim=1)
+        positions = torch.cat(
+            [
+                torch.arange(P, device=codes.device).expand(B, P),
+                phoneme_lengths[:, None] + torch.arange(T + 1, device=codes.device)[None, :],
+            ],
+            dim=1,
+        )
+        key_valid = torch.cat(
+            [padding_mask(phoneme_lengths, P), padding_mask(code_lengths + 1, T + 1)], dim=1
+        )
+        h = self.transformer(x, positions, attention_mask(key_valid, causal=True))
+        return self.head(h[:, P:])
+
+    def logits_last(self, h: torch.Tensor) -> torch.Tensor:
+        """``h [B, L, D]`` -> logits of the last position ``[B, codebook_size+1]``."""
+        return self.head(h[:, -1])
+
+
+def ar_targets(
+    codes: torch.Tensor, code_lengths: torch.Tensor, eos: int, ignore_index: int = -100
+) -> torch.Tensor:
+    """``codes [B, T]`` -> targets ``[B, T+1]``: the codes, eos at ``code_lengths``, then ignored."""
+    B, T = codes.shape
+    targets = torch.cat(
+        [codes, torch.full((B, 1), ignore_index, dtype=torch.long, device=codes.device)], dim=1
+    )
+    positions = torch.arange(T + 1, device=codes.device)[None, :]
+    targets = torch.where(positions == code_lengths[:, None], torch.full_like(targets, eos), targets)
+    return torch.where(positions > code_lengths[:, None], torch.full_like(targets, ignore_index), targets)
+
+
+def ar_loss(model: ARModel, batch: LMBatch) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy over the first codebook layer (codes and eos) of ``batch``.
+
+    Returns ``(loss, {"loss", "accuracy", "eos_accuracy", "tokens"})`` (metrics as floats).
+    For text-free training set some rows' ``phoneme_lengths`` to 0.
+    """
+    codes = batch.codes[:, 0]
+    logits = model(batch.phonemes, batch.phoneme_lengths, codes, batch.code_lengths)
+    targets = ar_targets(codes, batch.code_lengths, model.eos)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+    with torch.no_grad():
+        valid = targets != -100
+        correct = (logits.argmax(-1) == targets) & valid
+        is_eos = targets == model.eos
+        metrics = {
+            "loss": float(loss),
+            "accuracy": float(correct.sum() / valid.sum().clamp(min=1)),
+            "eos_accuracy": float((correct & is_eos).sum() / is_eos.sum().clamp(min=1)),
+            "tokens": int(valid.sum()),
+        }
+    return loss, metrics

@@ -1,0 +1,302 @@
+"""Generation with the token LMs: AR first layer (KV cache, length guards), then NAR fill.
+
+AR batching. Rows have different phoneme and prompt lengths, so each row's prefix
+``[phonemes][bos, prompt codes]`` is left-padded to a common length and every row gets its
+own RoPE positions (its real tokens sit at ``0 .. L_i - 1`` as if alone) and a key padding
+mask. Every step then appends one column for all rows, so the KV cache is a plain
+``[B, H, L, Dh]`` buffer per layer. Greedy batch generation gives the same tokens as
+generating each row alone, and ``use_cache=False`` (recompute the whole prefix each step)
+the same tokens as the cache (both tested).
+
+Length guards (per row, target phoneme count ``P_t``, see :class:`SamplingConfig`): eos is
+masked until ``min`` frames, the row ends at ``max`` frames; never empty, never longer than
+the hard cap. Text-free mode (``text_free=True``, no phonemes: continuation) needs an explicit
+``max_frames``.
+
+NAR fill: layers ``1 .. n-1`` one greedy pass each, every pass conditioned on the layers filled
+so far (and on the prompt's layers and the phonemes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from tqdm import tqdm
+
+from tokenlm.ar import ARModel
+from tokenlm.errors import LMError
+from tokenlm.nar import NARModel
+from tokenlm.sampling import SamplingConfig, sample_next
+from tokenlm.transformer import KVCache, attention_mask
+
+MAX_FRAMES_SLACK = 25  # frames added to max_frames_per_phoneme * P (short texts, pauses)
+
+
+def _as_long_list(rows, name: str, n: int | None) -> list[torch.Tensor]:
+    rows = [
+        torch.as_tensor(r, dtype=torch.long).reshape(-1) if not torch.is_tensor(r) else r.long().reshape(-1)
+        for r in rows
+    ]
+    if n is not None and len(rows) != n:
+        raise LMError(f"{name}: expected {n} rows, got {len(rows)}")
+    return [r.cpu() for r in rows]
+
+
+def _check_range(rows: list[torch.Tensor], high: int, name: str) -> None:
+    for r in rows:
+        if r.numel() and (int(r.min()) < 0 or int(r.max()) >= high):
+            raise LMError(f"{name} out of range: values must be in [0, {high})")
+
+
+def length_limits(
+    n_target_phonemes: int, sampling: SamplingConfig, hard_cap: int, min_frames: int | None = None
+) -> tuple[int, int]:
+    """``(min, max)`` frames for a row with ``n_target_phonemes`` target phonemes (0 = text-free)."""
+    if n_target_phonemes > 0:
+        high = min(
+            hard_cap, math.ceil(sampling.max_frames_per_phoneme * n_target_phonemes) + MAX_FRAMES_SLACK
+        )
+        low = max(1, math.ceil(sampling.min_frames_per_phoneme * n_target_phonemes))
+    else:
+        high, low = hard_cap, 1
+    if min_frames is not None:
+        low = max(1, min_frames)
+    return min(low, high), high
+
+
+@torch.inference_mode()
+def generate_ar(
+    model: ARModel,
+    phonemes: Sequence | None,
+    prompt_codes: Sequence | None = None,
+    sampling: SamplingConfig | None = None,
+    seed: int = 0,
+    max_frames: int | None = None,
+    min_frames: int | None = None,
+    target_phonemes: Sequence[int] | None = None,
+    text_free: bool = False,
+    use_cache: bool = True,
+    progress: bool = False,
+) -> list[torch.Tensor]:
+    """Generate the first codebook layer for a batch of rows.
+
+    ``phonemes``: per row a LongTensor ``[P]`` (prompt text + target text), or None with
+    ``text_free=True``. ``prompt_codes``: per row the prompt's first layer ``[Tp]`` (or
+    ``[K, Tp]``, layer 0 is used), or None. ``target_phonemes``: per row how many of the
+    phonemes (at the end) belong to the text to speak; default all of them. ``max_frames``
+    caps every row (required in text-free mode), ``min_frames`` overrides the minimum.
+    Returns per row a CPU LongTensor ``[T]`` of codes (no eos), ``1 <= T <= max``.
+    """
+    sampling = sampling or SamplingConfig()
+    config = model.config
+    if phonemes is None:
+        if not text_free:
+            raise LMError(
+                "no phonemes given: pass phonemes, or text_free=True to continue audio without text"
+            )
+        if prompt_codes is None:
+            raise LMError("text-free generation needs prompt_codes (one entry per row, may be empty)")
+        phonemes = [[] for _ in prompt_codes]
+    phonemes = _as_long_list(phonemes, "phonemes", None)
+    B = len(phonemes)
+    if B == 0:
+        raise LMError("nothing to generate: empty batch")
+    prompts = (
+        []
+        if prompt_codes is None
+        else [(p[0] if torch.is_tensor(p) and p.dim() == 2 else p) for p in prompt_codes]
+    )
+    prompts = (
+        _as_long_list(prompts, "prompt_codes", B)
+        if prompt_codes is not None
+        else [torch.zeros(0, dtype=torch.long) for _ in range(B)]
+    )
+    _check_range(phonemes, config.n_phonemes, "phoneme ids")
+    _check_range(prompts, config.codebook_size, "prompt codes")
+    for p in phonemes:
+        if text_free and p.numel():
+            raise LMError("text_free=True but phonemes were given")
+        if not text_free and p.numel() == 0:
+            raise LMError("empty text: nothing to speak (pass text_free=True to continue audio without text)")
+        if p.numel() > config.max_phonemes:
+            raise LMError(
+                f"text too long: {p.numel()} phonemes, the model takes at most {config.max_phonemes}; "
+                "split it into sentences"
+            )
+    if text_free and max_frames is None and sampling.max_frames is None:
+        raise LMError("text-free generation needs an explicit max_frames")
+    hard_cap = max_frames or sampling.max_frames or config.max_frames
+    if hard_cap < 1:
+        raise LMError(f"max_frames must be >= 1, got {hard_cap}")
+    if target_phonemes is None:
+        target_phonemes = [p.numel() for p in phonemes]
+    if len(target_phonemes) != B or any(
+        not (1 <= t <= p.numel()) for t, p in zip(target_phonemes, phonemes) if not text_free
+    ):
+        raise LMError("target_phonemes must give, per row, a count between 1 and its number of phonemes")
+    limits = [
+        length_limits(0 if text_free else int(t), sampling, hard_cap, min_frames) for t in target_phonemes
+    ]
+
+    was_training = model.training
+    model.eval()
+    try:
+        return _generate(model, phonemes, prompts, limits, sampling, seed, use_cache, progress)
+    finally:
+        model.train(was_training)
+
+
+def _generate(model: ARModel, phonemes, prompts, limits, sampling, seed, use_cache, progress):
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    B = len(phonemes)
+    eos, bos = model.eos, model.bos
+    prefixes = [
+        torch.cat(
+            [model.text_emb(p.to(device)), model.audio_emb(torch.cat([torch.tensor([bos]), q]).to(device))]
+        )
+        for p, q in zip(phonemes, prompts)
+    ]
+    lengths = torch.tensor([len(x) for x in prefixes], device=device)
+    L = int(lengths.max())
+    pad = L - lengths
+    x = torch.zeros(B, L, model.config.d_model, device=device, dtype=dtype)
+    for i, row in enumerate(prefixes):
+        x[i, L - len(row) :] = row
+    columns = torch.arange(L, device=device)[None, :]
+    positions = (columns - pad[:, None]).clamp(min=0)
+    key_valid = columns >= pad[:, None]
+    padded = bool((pad > 0).any())
+    min_len = torch.tensor([lo for lo, _ in limits], device=device)
+    max_len = torch.tensor([hi for _, hi in limits], device=device)
+    steps = int(max_len.max())
+
+    generator = torch.Generator(device=device).manual_seed(seed)
+    generated = torch.full((B, steps), eos, dtype=torch.long, device=device)
+    out_lengths = torch.zeros(B, dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    cache = KVCache.for_model(model.config, B, L + steps, device, dtype) if use_cache else None
+    if padded:
+        h = model.transformer(x, positions, attention_mask(key_valid, causal=True), cache)
+    else:
+        h = model.transformer(x, positions, None, cache, causal=True)
+    logits = model.logits_last(h)
+    for t in tqdm(range(steps), desc="AR", unit="frame", disable=not progress, leave=False):
+        logits = logits.float()
+        logits[:, eos] = torch.where(t < min_len, float("-inf"), logits[:, eos])
+        token = sample_next(logits, sampling, generator, generated[:, :t])
+        token = torch.where(finished, torch.full_like(token, eos), token)
+        stop = ~finished & ((token == eos) | (t + 1 >= max_len))
+        out_lengths = torch.where(stop, torch.where(token == eos, t, t + 1), out_lengths)
+        generated[:, t] = token
+        finished = finished | stop
+        if bool(finished.all()):
+            break
+        if cache is not None:
+            step_pos = (lengths + t)[:, None]
+            key_valid = torch.cat([key_valid, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
+            mask = key_valid[:, None, None, :] if padded else None
+            h = model.transformer(model.audio_emb(token)[:, None], step_pos, mask, cache)
+        else:
+            n = t + 1
+            xs = torch.cat([x, model.audio_emb(generated[:, :n])], dim=1)
+            pos = torch.cat([positions, lengths[:, None] + torch.arange(n, device=device)[None, :]], dim=1)
+            valid = torch.cat([key_valid, torch.ones(B, n, dtype=torch.bool, device=device)], dim=1)
+            if padded:
+                h = model.transformer(xs, pos, attention_mask(valid, causal=True))
+            else:
+                h = model.transformer(xs, pos, None, causal=True)
+        logits = model.logits_last(h)
+    return [generated[i, : int(out_lengths[i])].cpu() for i in range(B)]
+
+
+generate = generate_ar
+
+
+@torch.inference_mode()
+def nar_fill(
+    model: NARModel,
+    phonemes: Sequence,
+    prompt_codes: Sequence,
+    first_layers: Sequence,
+    n_codebooks: int | None = None,
+    progress: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+) -> list[torch.Tensor]:
+    """Fill layers ``1 .. n_codebooks-1`` for a batch, greedily, one pass per layer.
+
+    Per row: ``phonemes [P]`` (may be empty: text-free), ``prompt_codes [K, Tp]`` (all the
+    model's K layers, or ``Tp == 0``), ``first_layers [T]`` (from the AR). Returns per row a
+    CPU LongTensor ``[n_codebooks, T]`` whose layer 0 is ``first_layers``.
+    ``autocast_dtype=torch.bfloat16`` runs the passes under autocast (several times faster on
+    GPUs and on CPUs with AMX; argmax ties may then differ from float32).
+    """
+    config = model.config
+    K = config.n_codebooks
+    n = K if n_codebooks is None else n_codebooks
+    if not 1 <= n <= K:
+        raise LMError(f"n_codebooks must be in 1..{K}, got {n}")
+    phonemes = _as_long_list(phonemes, "phonemes", None)
+    B = len(phonemes)
+    firsts = _as_long_list(first_layers, "first_layers", B)
+    if len(prompt_codes) != B:
+        raise LMError(f"prompt_codes: expected {B} rows, got {len(prompt_codes)}")
+    prompts = []
+    for p in prompt_codes:
+        p = torch.as_tensor(p).long().cpu()
+        if p.dim() != 2:
+            raise LMError("prompt_codes rows must be [K, Tp]")
+        if p.shape[1] > 0 and p.shape[0] < K:
+            raise LMError(f"prompt codes have {p.shape[0]} codebooks, the NAR model uses {K}")
+        prompts.append(p[:K] if p.shape[1] > 0 else torch.zeros(K, 0, dtype=torch.long))
+    _check_range(phonemes, config.n_phonemes, "phoneme ids")
+    _check_range(firsts, config.codebook_size, "first-layer codes")
+    _check_range([p.reshape(-1) for p in prompts], config.codebook_size, "prompt codes")
+    if any(p.numel() > config.max_phonemes for p in phonemes):
+        raise LMError(f"text too long: the model takes at most {config.max_phonemes} phonemes")
+    if any(f.numel() == 0 for f in firsts):
+        raise LMError("first_layers rows must not be empty")
+
+    param = next(model.parameters())
+    device = param.device
+    P, Tp, T = (
+        max(p.numel() for p in phonemes),
+        max(p.shape[1] for p in prompts),
+        max(f.numel() for f in firsts),
+    )
+    ph = torch.zeros(B, P, dtype=torch.long)
+    pr = torch.zeros(B, K, Tp, dtype=torch.long)
+    target = torch.zeros(B, n, T, dtype=torch.long)
+    for i in range(B):
+        ph[i, : phonemes[i].numel()] = phonemes[i]
+        pr[i, :, : prompts[i].shape[1]] = prompts[i]
+        target[i, 0, : firsts[i].numel()] = firsts[i]
+    ph, pr, target = ph.to(device), pr.to(device), target.to(device)
+    pl = torch.tensor([p.numel() for p in phonemes], device=device)
+    prl = torch.tensor([p.shape[1] for p in prompts], device=device)
+    tl = torch.tensor([f.numel() for f in firsts], device=device)
+    was_training = model.training
+    model.eval()
+    autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    try:
+        for k in tqdm(range(1, n), desc="NAR", unit="layer", disable=not progress, leave=False):
+            stage = torch.full((B,), k, dtype=torch.long, device=device)
+            with autocast:
+                logits = model(ph, pl, pr, prl, target, tl, stage)
+            target[:, k] = logits.argmax(-1)
+    finally:
+        model.train(was_training)
+    return [target[i, :, : int(tl[i])].cpu() for i in range(B)]
+
+
+def fill(
+    model: NARModel,
+    phonemes: torch.Tensor,
+    prompt_codes: torch.Tensor,
+    first_layer: torch.Tensor,
+    n_codebooks: int | None = None,
+) -> torch.Tensor:
+    """One row of :func:`nar_fill`: ``[P]``, ``[K, Tp]``, ``[T]`` -> ``[n_codebooks, T]``."""
+    return nar_fill(model, [phonemes], [prompt_codes], [first_layer], n_codebooks)[0]

@@ -1,0 +1,466 @@
+"""Token LM training (``tokenwave train-lm --stage ar|nar``).
+
+- **Data** (:mod:`tokenlm.data`): the ``train`` split of the shards (plus text-free material such
+  as music), length-bucketed batches of at most ``batch_frames`` padded code frames, drawn per
+  step from a generator seeded by (seed, step). Text utterances longer than ``max_seconds`` are
+  skipped (and reported), text-free ones cropped. A fraction ``text_free_prob`` of rows lose
+  their phonemes at each step, so the models learn to continue audio without text; this applies
+  to both stages, because ``tokenwave continue`` runs the NAR without text too.
+- **Stages**: ``ar`` trains :class:`tokenlm.ar.ARModel` on the first codebook layer
+  (:func:`tokenlm.ar.ar_loss`); ``nar`` trains :class:`tokenlm.nar.NARModel` on layers 2..K, one
+  random layer and a random prompt prefix per row (:func:`tokenlm.nar.nar_loss`).
+- **Optimisation**: AdamW (betas 0.9/0.95, weight decay 0.01 on matrices only), linear warm-up
+  then cosine decay to 10% (:func:`codec.checkpoints.warmup_cosine`), gradient clipping at 1. On
+  CUDA the forward pass runs under autocast (bf16 where supported, else fp16 with a gradient
+  scaler); the CPU trains in float32.
+- **Checkpoints** (:mod:`codec.checkpoints`): ``OUT/checkpoints/step_XXXXXXX.pt`` every
+  ``checkpoint_every`` steps and at the end, atomic, the newest 3 kept, with model, optimizer
+  (and gradient scaler) state, the LM config, vocab and codec info. ``--resume`` continues from
+  the newest readable one (a corrupted newest one falls back to the previous one). Since the
+  batch of step s depends on (seed, s) only and torch's generator (dropout, the NAR's prompt
+  and layer draws) is reseeded from (seed, step, rank) at every step, a resumed run repeats
+  exactly what an uninterrupted one does, also after ``kill -9`` (bit for bit on the CPU; on CUDA
+  the data and random draws are the same, but some kernels, e.g. embedding gradients, are not
+  deterministic). Changing the data options on resume changes the data order (with a note).
+  Each checkpoint also exports ``OUT/export/`` with :func:`tokenlm.pretrained.save_lm` (float16
+  weights, vocab, codec info), ready for ``tokenwave continue --ar/--nar`` or to copy into
+  ``weights/``.
+- **Logs**: ``OUT/log.jsonl`` every ``log_every`` steps (loss, accuracy, grad norm, lr,
+  ``steps_per_s``, ``tokens_per_s`` (target tokens, all processes), padded batch frames,
+  text-free share, ``data``: a CRC of the batches of the logged window), the same numbers for
+  TensorBoard under ``OUT/tensorboard/``, a tqdm bar with ETA. Every ``eval_every`` steps
+  teacher-forced dev accuracy per layer on the shards' ``dev`` split: AR ``dev_accuracy_1``
+  (with text) and ``dev_accuracy_1_text_free``; NAR ``dev_accuracy_2`` .. ``dev_accuracy_K``.
+- **Several processes** (``torchrun --nproc_per_node N -m codec.cli train-lm ...``; gloo on the
+  CPU, NCCL on CUDA): every process draws the global batch of the step and trains on rows
+  ``rank::N``; each process's loss is weighted by its share of the batch's target tokens, so
+  DDP's gradient average is the token-mean gradient of the global batch. Only rank 0 logs,
+  evaluates, checkpoints and exports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from codec import checkpoints
+from codec.checkpoints import RunLog, warmup_cosine
+from codec.distributed import Distributed, setup_device_and_job, wrap_ddp
+from tokenlm.ar import ARModel, ar_loss
+from tokenlm.batch import LMBatch, collate
+from tokenlm.config import LMConfig
+from tokenlm.data import LMCorpus, batch_digest, rank_slice, split_utterances, training_utterances
+from tokenlm.errors import LMError
+from tokenlm.nar import NARModel, nar_loss
+
+MODELS = {"ar": ARModel, "nar": NARModel}
+MODEL_OPTIONS = ("d_model", "n_layers", "n_heads", "ff_mult", "dropout")
+DATA_OPTIONS = ("seed", "batch_frames", "text_free_prob", "max_seconds", "n_buckets")  # decide the batch of a step
+
+
+@dataclass
+class TrainLMConfig:
+    stage: str  # "ar" or "nar"
+    shards: str
+    out_dir: str
+    steps: int = 100_000
+    batch_frames: int = 6000  # padded code frames per (global) batch
+    lr: float = 5e-4
+    warmup_steps: int = 1000
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    text_free_prob: float = 0.1
+    max_seconds: float = 20.0
+    n_buckets: int = 10
+    checkpoint_every: int = 1000
+    eval_every: int = 1000
+    log_every: int = 10
+    keep_checkpoints: int = 3
+    dev_utterances: int = 64  # teacher-forced dev evaluation on at most this many dev utterances
+    seed: int = 0
+    threads: int | None = None
+    resume: bool = False
+    device: str = "auto"  # auto (CUDA when available), cpu or cuda
+    precision: str = "auto"  # auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16
+    model: dict = field(default_factory=dict)  # LMConfig overrides: d_model, n_layers, n_heads, ...
+
+    def __post_init__(self) -> None:
+        checks = {
+            f"--stage must be ar or nar, got {self.stage!r}": self.stage in MODELS,
+            "--steps must be positive": self.steps > 0,
+            "--batch-frames must be positive": self.batch_frames > 0,
+            "--lr must be positive": self.lr > 0,
+            "--warmup must be >= 0": self.warmup_steps >= 0,
+            "--checkpoint-every, --eval-every and the log interval must be positive":
+                min(self.checkpoint_every, self.eval_every, self.log_every) > 0,
+            "--text-free-prob must be in [0, 1]": 0.0 <= self.text_free_prob <= 1.0,
+            "--max-seconds must be positive": self.max_seconds > 0,
+            f"--precision must be auto, fp32, bf16 or fp16, got {self.precision!r}":
+                self.precision in ("auto", "fp32", "bf16", "fp16"),
+            "keep_checkpoints must be >= 1": self.keep_checkpoints >= 1,
+        }
+        for message, ok in checks.items():
+            if not ok:
+                raise LMError(message)
+        unknown = sorted(set(self.model) - set(MODEL_OPTIONS))
+        if unknown:
+            raise LMError(f"unknown model options: {', '.join(unknown)}")
+
+
+def load_corpus(folder: str | Path):
+    """``(utterances, codec_info, vocab)`` of every shard in ``folder`` (validated, one codec and vocab)."""
+    from tokenlm.shards import read_corpus
+
+    corpus = read_corpus(folder)
+    return corpus.utterances, corpus.codec_info, corpus.vocab
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainLMConfig) -> torch.optim.AdamW:
+    """AdamW, betas 0.9/0.95; weight decay on matrices (linear layers, embeddings) only, not on
+    biases and norm gains (as nanoGPT)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the forward pass, or None (float32)."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if device.type != "cuda":
+        raise LMError(f"--precision {precision}: mixed precision is for CUDA only; use fp32 on the CPU")
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+class _Forward:
+    """What the loss functions call: the attributes of the bare model, the forward pass of its DDP
+    wrapper (which averages the gradients over the processes)."""
+
+    def __init__(self, net: torch.nn.Module, model: torch.nn.Module):
+        self._net, self._model = net, model
+
+    def __call__(self, *args, **kwargs):
+        return self._net(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """Seed of torch's generators at ``step`` on process ``rank`` (dropout, NAR prompt/layer draws)."""
+    return (seed * 1_000_003 + step + rank * 7_919_993_071) % (2**63)
+
+
+def compute_loss(stage: str, model, batch: LMBatch, generator: torch.Generator, layer: int | None = None):
+    """``(loss, metrics)`` of one batch: AR first layer, or NAR (random layer per row, or ``layer``)."""
+    if stage == "ar":
+        return ar_loss(model, batch)
+    return nar_loss(model, batch, generator, stage=layer)
+
+
+@torch.no_grad()
+def evaluate(stage: str, model: torch.nn.Module, dev_batches: list, device: torch.device,
+             amp: torch.dtype | None) -> dict:
+    """Teacher-forced dev accuracy per layer (and loss) on fixed batches.
+
+    AR: ``dev_accuracy_1`` / ``dev_loss_1`` with text, ``dev_accuracy_1_text_free`` without;
+    NAR: ``dev_accuracy_k`` / ``dev_loss_k`` for layers k = 2..K (a fixed random prompt prefix)."""
+    was_training = model.training
+    model.eval()
+    K = model.config.n_codebooks
+    runs = [("1", None, False), ("1_text_free", None, True)] if stage == "ar" else [
+        (str(k + 1), k, False) for k in range(1, K)
+    ]
+    result = {}
+    try:
+        for name, layer, text_free in runs:
+            generator = torch.Generator().manual_seed(1234)  # the same prompts at every evaluation
+            correct = loss_sum = tokens = 0.0
+            for rows in dev_batches:
+                if text_free:
+                    rows = [dataclasses.replace(row, phonemes=row.phonemes[:0]) for row in rows]
+                batch = collate(rows, 1 if stage == "ar" else K).to(device)
+                with _autocast(device, amp):
+                    _, metrics = compute_loss(stage, model, batch, generator, layer)
+                correct += metrics["accuracy"] * metrics["tokens"]
+                loss_sum += metrics["loss"] * metrics["tokens"]
+                tokens += metrics["tokens"]
+            result[f"dev_accuracy_{name}"] = correct / max(tokens, 1)
+            if not text_free:
+                result[f"dev_loss_{name}"] = loss_sum / max(tokens, 1)
+    finally:
+        model.train(was_training)
+    return result
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def train_lm(config: TrainLMConfig) -> Path:
+    """Train (or resume) and return the export folder (in every process of a torchrun job)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device, distributed = setup_device_and_job(config.device)
+    try:
+        return _train(config, device, distributed)
+    finally:
+        distributed.close()
+
+
+def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed) -> Path:
+    main = distributed.is_main
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = checkpoints.resume_checkpoint(out_dir, config.resume,
+                                               required=("model", "optimizer", "step", "stage", "lm"))
+    if checkpoint is not None and checkpoint["stage"] != config.stage:
+        raise LMError(f"{out_dir} holds a run of --stage {checkpoint['stage']}; cannot resume it as --stage {config.stage}")
+    if checkpoint is not None and distributed.is_main:
+        before = checkpoint.get("train", {})
+        changed = [key for key in DATA_OPTIONS if key in before and before[key] != getattr(config, key)]
+        if changed:
+            tqdm.write(f"note: {', '.join(changed)} changed since the checkpoint: the data order differs from the "
+                       "interrupted run's", file=sys.stderr)
+
+    utterances, codec_info, vocab = load_corpus(config.shards)
+    frame_rate = float(codec_info.get("frame_rate", 50.0))
+    groups = split_utterances(utterances)
+    train_set = LMCorpus(training_utterances(utterances), frame_rate, config.max_seconds, config.n_buckets,
+                         config.batch_frames)
+    dev_set = LMCorpus(groups.get("dev", []), frame_rate, config.max_seconds)
+    if not len(train_set):
+        raise LMError(f"no training utterances in {config.shards} (split 'train', at most {config.max_seconds:g} s)")
+    K = min(u.codes.shape[0] for u in train_set.utterances)
+    if config.stage == "nar" and K < 2:
+        raise LMError("the NAR needs shards with at least 2 codebooks")
+    if checkpoint is not None:
+        lm_config = LMConfig.from_dict(checkpoint["lm"])
+        if checkpoint.get("codec", {}).get("fingerprint") != codec_info.get("fingerprint"):
+            raise LMError(f"the shards in {config.shards} come from another codec than the run in {out_dir}")
+        if checkpoint.get("vocab") != vocab.to_dict():
+            raise LMError(f"the shards in {config.shards} use another phoneme vocabulary than the run in {out_dir}")
+        if main and any(lm_config.to_dict()[k] != v for k, v in config.model.items()):
+            tqdm.write("note: the model options are taken from the checkpoint", file=sys.stderr)
+    else:
+        lm_config = LMConfig(**({"n_phonemes": max(len(vocab), 2), "codebook_size": int(codec_info["codebook_size"]),
+                                 "n_codebooks": K} | config.model))
+    if train_set.max_frames > lm_config.max_frames:
+        raise LMError(f"--max-seconds {config.max_seconds:g} is longer than the model's "
+                      f"{lm_config.max_frames / frame_rate:g} s")
+    if main:
+        processes = f"; {distributed.world_size} processes" if distributed.enabled else ""
+        tqdm.write(f"train: {len(train_set)} utterances, {train_set.frames / frame_rate / 3600:.2f} h "
+                   f"({train_set.text_free_only} without text); dev: {len(dev_set)}; device: {device.type}{processes}")
+        if train_set.skipped_long or dev_set.skipped_long:
+            tqdm.write(f"note: skipped {train_set.skipped_long} training and {dev_set.skipped_long} dev utterances "
+                       f"with text longer than {config.max_seconds:g} s", file=sys.stderr)
+
+    torch.manual_seed(config.seed)
+    model = MODELS[config.stage](lm_config)
+    start = 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        start = checkpoint["step"]
+    model.to(device)
+    amp = autocast_dtype(config.precision, device)
+    optimizer = make_optimizer(model, config)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if scaler is not None and "scaler" in checkpoint:
+            scaler.load_state_dict(checkpoint["scaler"])
+        if main:
+            tqdm.write(f"resumed from step {start}")
+    del checkpoint
+    distributed.check_same_step(start, device)
+    net = wrap_ddp(model, device, distributed)
+    forward = _Forward(net, model)
+    if main:
+        tqdm.write(f"{config.stage} model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+                   f"{lm_config.n_layers} layers x {lm_config.d_model}; precision: {amp or torch.float32}")
+    dev_batches = dev_set.fixed_batches(config.batch_frames, config.dev_utterances) if len(dev_set) else []
+    n_layers = 1 if config.stage == "ar" else K
+    state = {"stage": config.stage, "lm": lm_config.to_dict(), "codec": dict(codec_info),
+             "vocab": vocab.to_dict(), "train": dataclasses.asdict(config)}
+
+    with contextlib.closing(RunLog(out_dir, start, enabled=main)) as log:
+        net.train()
+        bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=f"train-lm {config.stage}",
+                   unit="step", disable=not main, dynamic_ncols=True)
+        window = _Window()
+        for step in bar:
+            lr = warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            rows = train_set.step_batch(config.seed, step, config.batch_frames, config.text_free_prob,
+                                        min_rows=distributed.world_size)
+            mine = rank_slice(rows, distributed.rank, distributed.world_size)
+            batch = collate(mine, n_layers).to(device)
+            seed = step_seed(config.seed, step, distributed.rank)
+            torch.manual_seed(seed)  # dropout: the same after a resume, different on each process
+            generator = torch.Generator().manual_seed(seed)  # NAR prompt lengths and layers
+            with _autocast(device, amp):
+                loss, metrics = compute_loss(config.stage, forward, batch, generator)
+            tokens = _global_tokens(metrics["tokens"], distributed, device)
+            if distributed.enabled:  # the token mean of the global batch, once DDP averages the gradients
+                loss = loss * (metrics["tokens"] * distributed.world_size / max(tokens, 1))
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            window.add(metrics, tokens, rows, max(r.codes.shape[1] for r in rows) * len(rows))
+
+            record = {}
+            if (step + 1) % config.log_every == 0:
+                record = window.record(distributed, device) | {"grad_norm": grad_norm, "lr": lr}
+                window = _Window()
+                if main:
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}",
+                                    sps=f"{record['steps_per_s']:.2f}")
+            if (step + 1) % config.eval_every == 0 and dev_batches and main:
+                record |= evaluate(config.stage, model, dev_batches, device, amp)
+                tqdm.write(json.dumps({"step": step + 1} | {k: round(v, 4) for k, v in record.items()
+                                                            if isinstance(v, float)}))
+            if record and main:
+                log.write({"step": step + 1} | record)
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                if main:
+                    extra = {} if scaler is None else {"scaler": scaler.state_dict()}
+                    checkpoints.save_checkpoint(out_dir, step + 1, state | extra | {
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict()}, config.keep_checkpoints)
+                    export(model, out_dir / "export", vocab, codec_info, config, step + 1)
+                distributed.barrier()  # the others wait for the checkpoint and the export
+    return out_dir / "export"
+
+
+def export(model: torch.nn.Module, folder: Path, vocab, codec_info: dict, config: TrainLMConfig, step: int) -> Path:
+    """Float16 weights + config (vocab, codec info, training summary) for inference."""
+    from tokenlm.pretrained import save_lm
+
+    training = {"stage": config.stage, "steps": step, "batch_frames": config.batch_frames,
+                "text_free_prob": config.text_free_prob, "shards": str(config.shards)}
+    return save_lm(model, folder, vocab, extra={"training": training}, codec=dict(codec_info))
+
+
+def _global_tokens(tokens: int, distributed: Distributed, device: torch.device) -> int:
+    """Target tokens of the global batch (summed over the processes)."""
+    if not distributed.enabled:
+        return tokens
+    total = torch.tensor([tokens], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(total)
+    return int(total.item())
+
+
+class _Window:
+    """Sums over the steps between two log records."""
+
+    def __init__(self):
+        self.start = time.time()
+        self.steps = 0
+        self.sums = {"loss": 0.0, "accuracy": 0.0}
+        self.tokens = 0
+        self.frames = 0
+        self.rows = 0
+        self.text_free = 0
+        self.digest = 0
+
+    def add(self, metrics: dict, global_tokens: int, rows: list, padded_frames: int) -> None:
+        self.steps += 1
+        for key in self.sums:
+            self.sums[key] += float(metrics[key])
+        self.tokens += global_tokens
+        self.frames += padded_frames
+        self.rows += len(rows)
+        self.text_free += sum(row.text_free for row in rows)
+        self.digest = zlib.crc32(batch_digest(rows).to_bytes(4, "little"), self.digest)
+
+    def record(self, distributed: Distributed, device: torch.device) -> dict:
+        """Means over the window (and over the processes), speeds, the data digest."""
+        seconds = max(time.time() - self.start, 1e-9)
+        means = distributed.mean({key: value / self.steps for key, value in self.sums.items()}, device)
+        return means | {
+            "steps_per_s": self.steps / seconds,
+            "tokens_per_s": self.tokens / seconds,
+            "batch_frames": self.frames / self.steps,
+            "batch_rows": self.rows / self.steps,
+            "text_free": self.text_free / max(self.rows, 1),
+            "data": f"{self.digest:08x}",
+        }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainLMConfig(stage="ar", shards="", out_dir="")
+    lm = LMConfig()
+    parser.add_argument("--stage", choices=sorted(MODELS), required=True,
+                        help="ar: first codebook layer from phonemes; nar: layers 2..K")
+    parser.add_argument("--shards", required=True, help="folder of token shards (tokenwave tokenize)")
+    parser.add_argument("--out", required=True, help="run folder: checkpoints, logs, export/")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"total steps (default {defaults.steps})")
+    parser.add_argument("--batch-frames", type=int, default=defaults.batch_frames,
+                        help=f"padded code frames per batch, all processes together (default {defaults.batch_frames})")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate (default {defaults.lr:g})")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup_steps,
+                        help=f"warm-up steps (default {defaults.warmup_steps})")
+    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every,
+                        help=f"checkpoint and export every N steps (default {defaults.checkpoint_every})")
+    parser.add_argument("--eval-every", type=int, default=defaults.eval_every,
+                        help=f"teacher-forced dev accuracy every N steps (default {defaults.eval_every})")
+    parser.add_argument("--log-every", type=int, default=defaults.log_every, help=argparse.SUPPRESS)
+    parser.add_argument("--text-free-prob", type=float, default=defaults.text_free_prob,
+                        help=f"share of rows trained without their text, for continuation "
+                             f"(default {defaults.text_free_prob:g})")
+    parser.add_argument("--max-seconds", type=float, default=defaults.max_seconds,
+                        help=f"longer utterances: skipped when they have text, cropped otherwise "
+                             f"(default {defaults.max_seconds:g})")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                        help="auto: bf16 (or fp16) autocast on CUDA, fp32 on the CPU")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--d-model", type=int, default=lm.d_model, help=f"model width (default {lm.d_model})")
+    parser.add_argument("--layers", type=int, default=lm.n_layers, help=f"transformer layers (default {lm.n_layers})")
+    parser.add_argument("--heads", type=int, default=lm.n_heads, help=f"attention heads (default {lm.n_heads})")
+    parser.add_argument("--ff-mult", type=int, default=lm.ff_mult, help=f"MLP width / d_model (default {lm.ff_mult})")
+    parser.add_argument("--dropout", type=float, default=lm.dropout, help=f"(default {lm.dropout:g})")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainLMConfig:
+    model = {"d_model": args.d_model, "n_layers": args.layers, "n_heads": args.heads, "ff_mult": args.ff_mult,
+             "dropout": args.dropout}
+    return TrainLMConfig(
+        stage=args.stage, shards=args.shards, out_dir=args.out, steps=args.steps, batch_frames=args.batch_frames,
+        lr=args.lr, warmup_steps=args.warmup, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
+        log_every=args.log_every, text_free_prob=args.text_free_prob, max_seconds=args.max_seconds, seed=args.seed,
+        threads=args.threads, resume=args.resume, device=args.device, precision=args.precision, model=model,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    folder = train_lm(config_from_args(args))
+    print(f"{args.stage} model exported to {folder}")
+    return 0

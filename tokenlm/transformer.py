@@ -1,0 +1,207 @@
+"""A small pre-norm transformer shared by the AR and NAR models (nanoGPT-like).
+
+- Pre-norm blocks: ``x + attn(norm(x))``, ``x + mlp(norm(x))`` (tanh-GELU MLP, ``ff_mult * d``).
+- Rotary position embeddings (RoPE, feature pairs ``(2i, 2i+1)`` rotated as complex numbers)
+  from an explicit ``positions [B, L]`` tensor, so every row
+  may start at its own position: batches keep padding wherever it is convenient (right padding
+  for training, left padding for generation) and real tokens still see the same relative
+  positions as when the row is alone.
+- Attention is ``F.scaled_dot_product_attention`` with a boolean mask ``[B, 1, Lq, Lk]``
+  (True = may attend), built by the callers from causal structure and key padding.
+- :class:`KVCache`: preallocated per-layer keys/values ``[B, H, capacity, Dh]`` and the filled
+  length (like moshi's streaming state); a forward with a cache appends its keys/values and
+  attends over everything cached so far.
+- Optional AdaLN (used by the NAR): a conditioning vector ``[B, D]`` gives each block a shift,
+  scale and gate for both sub-layers, applied as ``norm(x) * (1 + scale) + shift`` and
+  ``x + (1 + gate) * f(...)`` (zero-initialised, so every block starts as a plain pre-norm
+  block); the norms then have no affine parameters of their own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tokenlm.config import LMConfig
+
+
+class KVCache:
+    """Keys/values of every layer for incremental decoding.
+
+    ``k[i]``, ``v[i]``: ``[B, H, capacity, Dh]``; positions ``[0, length)`` are filled.
+    """
+
+    def __init__(
+        self,
+        n_layers: int,
+        batch: int,
+        n_heads: int,
+        head_dim: int,
+        capacity: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        shape = (batch, n_heads, capacity, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.capacity = capacity
+        self.length = 0
+
+    @classmethod
+    def for_model(cls, config: LMConfig, batch: int, capacity: int, device, dtype) -> KVCache:
+        return cls(config.n_layers, batch, config.n_heads, config.head_dim, capacity, device, dtype)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``k``/``v`` ``[B, H, L, Dh]`` after the filled part; return all keys/values so far."""
+        end = self.length + k.shape[2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {end} > capacity {self.capacity}")
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+
+def rope_frequencies(head_dim: int, base: float) -> torch.Tensor:
+    """``[head_dim / 2]`` rotation frequencies of RoPE."""
+    return base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+
+
+def rope_rotations(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """``positions [B, L]`` -> unit complex rotations ``[B, 1, L, head_dim / 2]``."""
+    angles = positions.to(torch.float32)[:, None, :, None] * inv_freq.float()
+    return torch.polar(torch.ones_like(angles), angles)
+
+
+def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Rotate the feature pairs ``(2i, 2i+1)`` of ``x [..., B, H, L, Dh]`` (in float32, as
+    complex numbers: one multiplication, few ops per step)."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rotations).flatten(-2).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = config.n_heads, config.head_dim
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.dropout = config.dropout
+
+    def forward(self, x, rope, mask, cache: KVCache | None, layer: int, causal: bool = False):
+        B, L, D = x.shape
+        qkv = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(qkv[:2], rope)  # queries and keys rotated together
+        v = qkv[2]
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
+        )
+        return self.proj(y.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block, optionally modulated by AdaLN from ``cond [B, D]``."""
+
+    def __init__(self, config: LMConfig, adaln: bool = False):
+        super().__init__()
+        d = config.d_model
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=not adaln)
+        self.attn = Attention(config)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=not adaln)
+        self.mlp = nn.Sequential(
+            nn.Linear(d, config.ff_mult * d, bias=False),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(config.ff_mult * d, d, bias=False),
+        )
+        self.dropout = config.dropout
+        self.modulation = nn.Linear(d, 6 * d) if adaln else None
+
+    def drop(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, self.dropout, training=True) if self.training and self.dropout > 0 else x
+
+    def forward(self, x, rope, mask, cache=None, layer=0, cond=None, causal=False):
+        if self.modulation is None:
+            x = x + self.drop(self.attn(self.norm1(x), rope, mask, cache, layer, causal))
+            return x + self.drop(self.mlp(self.norm2(x)))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(cond))[:, None].chunk(6, dim=-1)
+        h = self.norm1(x) * (1 + scale1) + shift1
+        x = x + (1 + gate1) * self.drop(self.attn(h, rope, mask, cache, layer, causal))
+        h = self.norm2(x) * (1 + scale2) + shift2
+        return x + (1 + gate2) * self.drop(self.mlp(h))
+
+
+class Transformer(nn.Module):
+    """``x [B, L, D]`` + ``positions [B, L]`` -> ``[B, L, D]`` (final norm included)."""
+
+    def __init__(self, config: LMConfig, adaln: bool = False):
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleList(Block(config, adaln) for _ in range(config.n_layers))
+        self.norm = nn.LayerNorm(config.d_model, elementwise_affine=not adaln)
+        self.final_modulation = nn.Linear(config.d_model, 2 * config.d_model) if adaln else None
+        self.register_buffer(
+            "inv_freq", rope_frequencies(config.head_dim, config.rope_base), persistent=False
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        cond: torch.Tensor | None = None,
+        causal: bool = False,
+    ) -> torch.Tensor:
+        """``mask``: bool ``[B, 1, L, Lk]`` (True = attend) or None (attend everywhere);
+        ``Lk = cache.length + L`` with a cache. ``causal=True`` (only without a mask and with an
+        empty cache) is plain causal attention. ``cond [B, D]`` is required with AdaLN."""
+        if causal and (mask is not None or (cache is not None and cache.length > 0)):
+            raise ValueError("causal=True needs mask=None and an empty cache")
+        rope = rope_rotations(positions, self.inv_freq)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, mask, cache, i, cond, causal)
+        if cache is not None:
+            cache.advance(x.shape[1])
+        x = self.norm(x)
+        if self.final_modulation is not None:
+            shift, scale = self.final_modulation(F.silu(cond))[:, None].chunk(2, dim=-1)
+            x = x * (1 + scale) + shift
+        return x
+
+
+def init_weights(module: nn.Module, n_layers: int) -> None:
+    """nanoGPT initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layers),
+    AdaLN modulations zero (identity at start)."""
+    for name, param in module.named_parameters():
+        if name.endswith(("modulation.weight", "modulation.bias")):
+            nn.init.zeros_(param)
+        elif name.endswith(("attn.proj.weight", "mlp.2.weight")):
+            nn.init.normal_(param, 0.0, 0.02 / math.sqrt(2 * n_layers))
+        elif param.dim() >= 2:
+            nn.init.normal_(param, 0.0, 0.02)
+
+
+def padding_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
+    """``lengths [B]`` -> bool ``[B, size]``, True where the position is real."""
+    return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def attention_mask(key_valid: torch.Tensor, causal: bool) -> torch.Tensor | None:
+    """Bool ``[B, 1, L, L]`` from ``key_valid [B, L]``; every position may attend to itself,
+    so no row is fully masked (padded queries stay finite and are ignored by the loss).
+    None when nothing is padded and ``causal`` is False (plain full attention, faster)."""
+    L = key_valid.shape[1]
+    if not causal and bool(key_valid.all()):
+        return None
+    mask = key_valid[:, None, None, :].expand(-1, 1, L, L)
+    eye = torch.eye(L, dtype=torch.bool, device=key_valid.device)
+    if causal:
+        mask = mask & torch.ones(L, L, dtype=torch.bool, device=key_valid.device).tril()
+    return mask | eye
