@@ -192,11 +192,15 @@ def compress_file(model: AudioCodec, source: Path, target: Path, bitrate: float 
     probabilities = _probabilities(model)
     if coding == "range" and probabilities is None:
         raise TokenwaveError(f"{model.name} ships no entropy-coding tables; use --coding packed")
-    codings = ["packed"] if probabilities is None else ["range"] if coding == "auto" else [coding]
-    if coding == "auto" and probabilities is not None:
-        codings.append("packed")
+    if coding == "auto":  # both are coded; the smaller is kept
+        codings = ["range", "packed"] if probabilities is not None else ["packed"]
+    else:
+        codings = [coding]
     with _open_audio(source) as f:
         channels = f.channels if separate_channels else 1
+        if channels > tokenfile.MAX_CHANNELS:
+            raise AudioError(f"{source}: {channels} channels, but a token file holds at most "
+                             f"{tokenfile.MAX_CHANNELS}; leave out --channels separate to mix them down")
         encoder = model.stream_encoder(bitrate, batch=channels)
         resampler = None
         if f.samplerate != model.sample_rate:

@@ -46,7 +46,13 @@ for k in 0..K-1, for c in 0..C-1, the F codes ``codes[c, k, t0:t0+F]``.
 
 Token files are untrusted input: every problem with one raises
 :class:`codec.errors.TokenFileError` with a one-line message, and sizes are checked against
-the bytes actually present before anything is allocated or decoded.
+the bytes actually present before anything is allocated or decoded (``tokenwave fuzz-tokens``,
+:mod:`codec.fuzz`, checks this on mutated and random files).
+
+Whole files: :func:`pack` / :func:`unpack`. Streams with bounded memory: :class:`StreamPacker`
+(codes pushed in pieces, chunks spooled, header written at the end) and :func:`decode_chunks`
+(everything checked first, then decoded chunk by chunk). Files are written with
+:func:`atomic_output`: a killed writer never leaves a partial file under the final name.
 """
 
 from __future__ import annotations
@@ -222,7 +228,9 @@ class TokenFileHeader:
             obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
         except TokenFileError:
             raise
-        except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        except RecursionError:
+            raise TokenFileError("token file header is not valid JSON (nested too deeply)") from None
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise TokenFileError(f"token file header is not valid UTF-8 JSON ({reason[:80]})") from None
         if not isinstance(obj, dict):
@@ -530,6 +538,7 @@ class StreamPacker:
 
     def __init__(self, header: TokenFileHeader, probabilities=None, codings=("range", "packed")):
         self.header = replace(header, num_frames=0, length=0)
+        self.header.validate()
         self.models = {c: coding_models(replace(self.header, coding=c), probabilities) for c in codings}
         # Anonymous (unlinked at once): nothing is left behind if the process is killed.
         self.spools = {c: tempfile.TemporaryFile() for c in codings}  # noqa: SIM115 - closed by close()

@@ -26,6 +26,12 @@ def test_top_k_and_top_p_restrict_the_support():
         probs, SamplingConfig(temperature=1.0, top_k=0, top_p=0.75, repetition_threshold=0), g
     )
     assert set(tokens.tolist()) == {0, 1}  # 0.5 + 0.3 >= 0.75: the nucleus is {0, 1}
+    both = SamplingConfig(temperature=1.0, top_k=3, top_p=0.75, repetition_threshold=0)
+    assert set(sample_next(probs, both, g).tolist()) == {0, 1}
+    wide = sample_next(probs, SamplingConfig(temperature=1.0, top_k=3, repetition_threshold=0), g)
+    assert set(wide.tolist()) == {0, 1, 2}
+    share = wide.eq(0).float().mean().item()
+    assert abs(share - 0.5 / 0.95) < 0.04  # renormalised over the top 3
     kept = filter_logits(torch.tensor([[3.0, 1.0, 0.0]]), top_p=0.01)
     assert torch.isfinite(kept).tolist() == [[True, False, False]]  # the best token always stays
 

@@ -181,6 +181,8 @@ def test_bad_prompts_give_clear_errors(synth, tmp_path):
         synth.prepare_prompt(voice="nobody")
     with pytest.raises(TTSError, match="not both"):
         synth.prepare_prompt(voice="kathleen", prompt=short)
+    with pytest.raises(TTSError, match="goes with a prompt recording"):
+        synth.prepare_prompt(voice="kathleen", prompt_text="Words.")
 
 
 def test_long_prompt_is_cut_and_loud_prompt_levelled(synth, tmp_path):
@@ -317,6 +319,16 @@ def test_speak_errors_are_one_line(tmp_path, monkeypatch, capsys):
     assert cli_main(["speak", "Hi.", "--voice", "nobody", "-o", str(tmp_path / "z.wav"), *TINY]) == 2
     assert "no voice named" in capsys.readouterr().err
     assert cli_main(["speak", "Hi.", "-o", str(tmp_path / "z.mp3"), *TINY]) == 2
+    assert ".wav or .flac" in capsys.readouterr().err
+    try:
+        import sounddevice  # noqa: F401
+
+        has_audio_device = True  # a machine with a sound card: not tested here
+    except (ImportError, OSError):
+        has_audio_device = False
+    if not has_audio_device:
+        assert cli_main(["speak", "Hi.", "--play", *TINY]) == 2
+        assert "--play needs sounddevice" in capsys.readouterr().err
 
 
 class _Stdout(io.TextIOWrapper):

@@ -29,7 +29,7 @@ from tokenlm.ar import ARModel
 from tokenlm.errors import LMError
 from tokenlm.nar import NARModel
 from tokenlm.sampling import SamplingConfig, sample_next
-from tokenlm.transformer import KVCache, attention_mask
+from tokenlm.transformer import KVCache, StepDecoder, attention_mask
 
 MAX_FRAMES_SLACK = 25  # frames added to max_frames_per_phoneme * P (short texts, pauses)
 
@@ -183,6 +183,8 @@ def _generate(model: ARModel, phonemes, prompts, limits, sampling, seed, use_cac
     else:
         h = model.transformer(x, positions, None, cache, causal=True)
     logits = model.logits_last(h)
+    decoder = StepDecoder(model.transformer, model.head) if use_cache else None
+    all_valid = torch.cat([key_valid, torch.ones(B, steps, dtype=torch.bool, device=device)], dim=1)
     for t in tqdm(range(steps), desc="AR", unit="frame", disable=not progress, leave=False):
         logits = logits.float()
         logits[:, eos] = torch.where(t < min_len, float("-inf"), logits[:, eos])
@@ -194,21 +196,18 @@ def _generate(model: ARModel, phonemes, prompts, limits, sampling, seed, use_cac
         finished = finished | stop
         if bool(finished.all()):
             break
-        if cache is not None:
-            step_pos = (lengths + t)[:, None]
-            key_valid = torch.cat([key_valid, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
-            mask = key_valid[:, None, None, :] if padded else None
-            h = model.transformer(model.audio_emb(token)[:, None], step_pos, mask, cache)
-        else:
+        if decoder is not None:  # one new column for every row, through the KV cache
+            mask = all_valid[:, None, None, : L + t + 1] if padded else None
+            logits = decoder(model.audio_emb(token), lengths + t, mask, cache)
+        else:  # recompute the whole sequence
             n = t + 1
             xs = torch.cat([x, model.audio_emb(generated[:, :n])], dim=1)
             pos = torch.cat([positions, lengths[:, None] + torch.arange(n, device=device)[None, :]], dim=1)
-            valid = torch.cat([key_valid, torch.ones(B, n, dtype=torch.bool, device=device)], dim=1)
             if padded:
-                h = model.transformer(xs, pos, attention_mask(valid, causal=True))
+                h = model.transformer(xs, pos, attention_mask(all_valid[:, : L + n], causal=True))
             else:
                 h = model.transformer(xs, pos, None, causal=True)
-        logits = model.logits_last(h)
+            logits = model.logits_last(h)
     return [generated[i, : int(out_lengths[i])].cpu() for i in range(B)]
 
 
@@ -289,6 +288,19 @@ def nar_fill(
     finally:
         model.train(was_training)
     return [target[i, :, : int(tl[i])].cpu() for i in range(B)]
+
+
+def fast_autocast_dtype(device: torch.device | str = "cpu") -> torch.dtype | None:
+    """``torch.bfloat16`` where bfloat16 matrix products are fast (CUDA GPUs with bf16 support,
+    CPUs with AMX), else None (float32): a good ``autocast_dtype`` for :func:`nar_fill`."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x: guarded
+    try:
+        return torch.bfloat16 if device.type == "cpu" and amx is not None and amx() else None
+    except RuntimeError:
+        return None
 
 
 def fill(

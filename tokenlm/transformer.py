@@ -176,6 +176,58 @@ class Transformer(nn.Module):
         return x
 
 
+class StepDecoder:
+    """One-token decoding steps through a (non-AdaLN) :class:`Transformer` with a KV cache.
+
+    The same math as ``Transformer.forward`` with ``L = 1`` (tests check that both give the
+    same tokens), written functionally over weights transposed once to ``[in, out]``: for
+    matrix-vector products on CPU, ``nn.Module`` call overhead and ``F.linear``'s transposed
+    weight access cost more than the arithmetic. Inference only; build it after the weights
+    are final (it keeps copies).
+    """
+
+    def __init__(self, transformer: Transformer, head: nn.Linear | None = None):
+        if transformer.final_modulation is not None:
+            raise ValueError("StepDecoder does not support AdaLN transformers")
+        t = lambda w: w.detach().t().contiguous()
+        self.layers = [
+            (
+                b.norm1.weight.detach(),
+                b.norm1.bias.detach(),
+                t(b.attn.qkv.weight),
+                t(b.attn.proj.weight),
+                b.norm2.weight.detach(),
+                b.norm2.bias.detach(),
+                t(b.mlp[0].weight),
+                t(b.mlp[2].weight),
+            )
+            for b in transformer.blocks
+        ]
+        self.norm = (transformer.norm.weight.detach(), transformer.norm.bias.detach(), transformer.norm.eps)
+        self.head = t(head.weight) if head is not None else None
+        self.inv_freq = transformer.inv_freq
+        self.n_heads, self.head_dim = transformer.config.n_heads, transformer.config.head_dim
+
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: KVCache):
+        """``x [B, D]``, ``positions [B]``, ``mask`` bool ``[B, 1, 1, Lk]`` or None -> ``[B, D]``
+        (after the final norm; through the head when one was given)."""
+        B, D = x.shape
+        H, Dh = self.n_heads, self.head_dim
+        rope = rope_rotations(positions[:, None], self.inv_freq)
+        for i, (n1w, n1b, qkv_t, proj_t, n2w, n2b, fc1_t, fc2_t) in enumerate(self.layers):
+            h = F.layer_norm(x, (D,), n1w, n1b)
+            qkv = (h @ qkv_t).view(B, 3, H, 1, Dh).transpose(0, 1)  # [3, B, H, 1, Dh]
+            q, k = apply_rope(qkv[:2], rope)
+            k, v = cache.update(i, k, qkv[2])
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            x = x + y.reshape(B, D) @ proj_t
+            h = F.layer_norm(x, (D,), n2w, n2b)
+            x = x + F.gelu(h @ fc1_t, approximate="tanh") @ fc2_t
+        cache.advance(1)
+        x = F.layer_norm(x, (D,), *self.norm[:2], self.norm[2])
+        return x @ self.head if self.head is not None else x
+
+
 def init_weights(module: nn.Module, n_layers: int) -> None:
     """nanoGPT initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layers),
     AdaLN modulations zero (identity at start)."""

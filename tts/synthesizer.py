@@ -272,6 +272,8 @@ class Synthesizer:
 
         if voice is not None and prompt is not None:
             raise TTSError("give a voice or a prompt, not both")
+        if prompt is None and prompt_text:
+            raise TTSError("a prompt transcript goes with a prompt recording (built-in voices have their own)")
         if prompt is None:
             from tts.voices import get_voice
 
