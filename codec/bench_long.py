@@ -3,7 +3,7 @@
 Writes an hour (``--minutes``) of speech-like audio chunk by chunk into a temporary folder, then
 runs ``tokenwave compress`` and ``tokenwave decompress`` on it as separate processes, exactly as
 a user would, and reports for each the wall time, real-time factor and peak resident memory
-(``ru_maxrss`` of that process, from ``os.wait4``), and checks that the decoded length equals
+(that process's own ``VmHWM``, read as it exits), and checks that the decoded length equals
 the input's length at the codec's rate and that peak memory stays under ``--limit-mb``
 (1 GiB by default): both commands stream, so memory must not grow with the length of the audio.
 """
@@ -50,14 +50,39 @@ def write_long_signal(path: Path, minutes: float, sample_rate: int, channels: in
     return total
 
 
-def run_measured(argv: list[str], threads: int) -> tuple[float, float, int]:
-    """Run a command; returns (wall seconds, peak RSS MiB of that process, exit code)."""
+# Runs ``tokenwave ARGS`` and, at exit, writes its own peak RSS (VmHWM, kB) to the file named first.
+# VmHWM belongs to the process's memory map, which exec replaces, so unlike ru_maxrss it does not
+# count the pages of the (larger) parent that forked it.
+_REPORT_PEAK = """
+import atexit, runpy, sys
+out = sys.argv.pop(1)
+def report():
+    with open("/proc/self/status") as f:
+        peak = next(line.split()[1] for line in f if line.startswith("VmHWM"))
+    with open(out, "w") as f:
+        f.write(peak)
+atexit.register(report)
+sys.argv[0] = "tokenwave"
+runpy.run_module("codec.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def run_measured(args: list[str], threads: int, folder: Path) -> tuple[float, float, int]:
+    """Run ``tokenwave args``; returns (wall seconds, peak RSS MiB of that process, exit code)."""
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    peak_file = folder / "peak-rss-kb"
+    peak_file.unlink(missing_ok=True)
+    on_linux = Path("/proc/self/status").is_file()
+    argv = [sys.executable, "-c", _REPORT_PEAK, str(peak_file), *args] if on_linux else \
+        [sys.executable, "-m", "codec.cli", *args]
     start = time.perf_counter()
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
-    return time.perf_counter() - start, usage.ru_maxrss / 1024, process.returncode
+    if peak_file.is_file():
+        return wall, int(peak_file.read_text()) / 1024, process.returncode
+    return wall, usage.ru_maxrss / 1024 / (1024 if sys.platform == "darwin" else 1), process.returncode
 
 
 def bench_long(minutes: float = 60.0, model: str | None = None, sample_rate: int = 16_000, channels: int = 1,
@@ -66,7 +91,6 @@ def bench_long(minutes: float = 60.0, model: str | None = None, sample_rate: int
     from codec.cli import _resolve_model_name
 
     name = _resolve_model_name(model)
-    cli = [sys.executable, "-m", "codec.cli"]
     with tempfile.TemporaryDirectory(prefix="tokenwave-bench-long-", dir=workdir) as tmp:
         folder = Path(tmp)
         source, tokens, decoded = folder / "long.wav", folder / "long.tok", folder / "long.decoded.wav"
@@ -80,11 +104,11 @@ def bench_long(minutes: float = 60.0, model: str | None = None, sample_rate: int
                  f"{'step':<12}{'wall s':>9}{'RTF':>9}{'peak RSS MiB':>15}"]
         passed = True
         results = {}
-        for step, argv in [
-            ("compress", [*cli, "compress", str(source), "-o", str(tokens), "--model", name]),
-            ("decompress", [*cli, "decompress", str(tokens), "-o", str(decoded), "--model", name]),
+        for step, args in [
+            ("compress", ["compress", str(source), "-o", str(tokens), "--model", name]),
+            ("decompress", ["decompress", str(tokens), "-o", str(decoded), "--model", name]),
         ]:
-            wall, rss, code = run_measured(argv, threads)
+            wall, rss, code = run_measured(args, threads, folder)
             results[step] = (wall, rss)
             lines.append(f"{step:<12}{wall:>9.1f}{wall / seconds:>9.4f}{rss:>15.0f}")
             if code != 0:

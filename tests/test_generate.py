@@ -219,3 +219,17 @@ def test_bench_numbers_with_tiny_models(ar, nar):
     assert result["frames"] == 25 and result["ar_parameters"] == ar.num_parameters()
     assert result["ar_tokens_per_s"] > 0 and result["kv_cache_speedup_at_context"] > 0
     assert result["nar_time_per_layer_s"] > 0 and result["rtf_lm"] > 0
+
+
+def test_inputs_as_lists_arrays_and_full_prompts(ar):
+    import numpy as np
+
+    prompt = torch.randint(0, V, (K, 6), generator=torch.Generator().manual_seed(9))
+    reference = generate_ar(ar, [torch.tensor([3, 4, 5])], [prompt[0]], GREEDY, max_frames=20)[0]
+    for phonemes, prompts in (
+        ([[3, 4, 5]], [prompt]),
+        ([np.array([3, 4, 5], np.int32)], [prompt.numpy().astype(np.int16)]),
+    ):
+        assert torch.equal(generate_ar(ar, phonemes, prompts, GREEDY, max_frames=20)[0], reference)
+    with pytest.raises(LMError, match="prompt_codes rows"):
+        generate_ar(ar, [[3]], [torch.zeros(1, 2, 3, dtype=torch.long)])

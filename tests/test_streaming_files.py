@@ -235,3 +235,23 @@ def test_models_without_streaming_take_the_whole_file_path(tmp_path, model):
     files.compress_file(wrapped, source, tmp_path / "x.tok", None)
     files.decompress_file(wrapped, tmp_path / "x.tok", tmp_path / "x.wav")
     assert sf.info(str(tmp_path / "x.wav")).frames == 3 * 16_000
+
+
+def test_long_signal_is_written_in_segments(tmp_path):
+    from codec.bench_long import write_long_signal
+
+    n = write_long_signal(tmp_path / "long.wav", minutes=1.1, sample_rate=8_000, channels=2)
+    info = sf.info(str(tmp_path / "long.wav"))
+    assert n == 66 * 8_000 == info.frames and info.channels == 2
+    audio, _ = sf.read(tmp_path / "long.wav", dtype="float32")
+    assert 0.05 < np.abs(audio).max() <= 1.0 and audio[:8000].std() > 0.01
+
+
+@pytest.mark.slow
+def test_bench_long_command(capsys):
+    from codec.cli import main
+
+    assert main(["bench-long", "--minutes", "0.2", "--model", "tiny-16k", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "OK: decoded length equals the input length (192000 samples at 16000 Hz)" in out
+    assert "OK: peak RSS" in out and "compress" in out and "decompress" in out

@@ -90,7 +90,7 @@ def load_models(model_dir: str | None, config: LMConfig | None = None) -> tuple[
     config = config or LMConfig()
     ar = found.get("ar") or ARModel(config).eval()
     nar = found.get("nar") or NARModel(config).eval()
-    source = ", ".join(f"{k}: {'trained' if k in found else 'random'}" for k in ("ar", "nar"))
+    source = ", ".join(f"{k}: {'loaded' if k in found else 'random'}" for k in ("ar", "nar"))
     return ar, nar, source
 
 

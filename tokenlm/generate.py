@@ -4,9 +4,10 @@ AR batching. Rows have different phoneme and prompt lengths, so each row's prefi
 ``[phonemes][bos, prompt codes]`` is left-padded to a common length and every row gets its
 own RoPE positions (its real tokens sit at ``0 .. L_i - 1`` as if alone) and a key padding
 mask. Every step then appends one column for all rows, so the KV cache is a plain
-``[B, H, L, Dh]`` buffer per layer. Greedy batch generation gives the same tokens as
-generating each row alone, and ``use_cache=False`` (recompute the whole prefix each step)
-the same tokens as the cache (both tested).
+``[B, H, L, Dh]`` buffer per layer; the steps run through :class:`StepDecoder` (the same
+math as the model's forward, with less per-step overhead). Greedy batch generation gives the
+same tokens as generating each row alone, and ``use_cache=False`` (recompute the whole
+sequence each step) the same tokens as the cache (both tested).
 
 Length guards (per row, target phoneme count ``P_t``, see :class:`SamplingConfig`): eos is
 masked until ``min`` frames, the row ends at ``max`` frames; never empty, never longer than
@@ -35,10 +36,8 @@ MAX_FRAMES_SLACK = 25  # frames added to max_frames_per_phoneme * P (short texts
 
 
 def _as_long_list(rows, name: str, n: int | None) -> list[torch.Tensor]:
-    rows = [
-        torch.as_tensor(r, dtype=torch.long).reshape(-1) if not torch.is_tensor(r) else r.long().reshape(-1)
-        for r in rows
-    ]
+    """Rows (tensors, arrays or lists of ints) -> 1-D CPU long tensors."""
+    rows = [torch.as_tensor(r).long().reshape(-1) for r in rows]
     if n is not None and len(rows) != n:
         raise LMError(f"{name}: expected {n} rows, got {len(rows)}")
     return [r.cpu() for r in rows]
@@ -103,16 +102,13 @@ def generate_ar(
     B = len(phonemes)
     if B == 0:
         raise LMError("nothing to generate: empty batch")
-    prompts = (
-        []
-        if prompt_codes is None
-        else [(p[0] if torch.is_tensor(p) and p.dim() == 2 else p) for p in prompt_codes]
-    )
-    prompts = (
-        _as_long_list(prompts, "prompt_codes", B)
-        if prompt_codes is not None
-        else [torch.zeros(0, dtype=torch.long) for _ in range(B)]
-    )
+    if prompt_codes is None:
+        prompts = [torch.zeros(0, dtype=torch.long) for _ in range(B)]
+    else:
+        prompts = [torch.as_tensor(p) for p in prompt_codes]
+        if any(p.dim() > 2 for p in prompts):
+            raise LMError("prompt_codes rows must be [Tp] (first layer) or [K, Tp]")
+        prompts = _as_long_list([p[0] if p.dim() == 2 else p for p in prompts], "prompt_codes", B)
     _check_range(phonemes, config.n_phonemes, "phoneme ids")
     _check_range(prompts, config.codebook_size, "prompt codes")
     for p in phonemes:
