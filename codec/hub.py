@@ -54,6 +54,28 @@ or `CodecModel.from_pretrained(...)`; on the command line `tokenwave compress x.
 """
 
 
+LM_CARD = """---
+{{ card_data }}
+---
+
+# tokenwave token language model
+
+A tokenwave VALL-E-style token LM over the codes of a tokenwave codec: the autoregressive model of
+the first RVQ layer (`kind: ar`) or the non-autoregressive model of layers 2..K (`kind: nar`), as
+named in `config.json`. Float16 `model.safetensors` and `config.json` (LM config, phoneme
+vocabulary, codec info, the weights' SHA-256, checked on load).
+
+```python
+import tts
+from tokenlm.ar import ARModel
+
+model = ARModel.from_pretrained("owner/name")            # this repository (or NARModel for a NAR one)
+synth = tts.load(ar="path/to/ar", nar="path/to/nar")    # both models of a pair, as folders
+audio, sr = synth.synthesize("Hello there.", voice="kathleen")
+```
+"""
+
+
 def resolve_folder(model_id: str | Path, files: tuple[str, ...], *, revision: str | None = None,
                    cache_dir: str | Path | None = None, force_download: bool = False,
                    local_files_only: bool = False, token: str | bool | None = None) -> Path:
@@ -140,6 +162,7 @@ class LMHubMixin(
     license="mit",
     pipeline_tag="text-to-speech",
     tags=["tokenwave", "text-to-speech", "codec-language-model", "vall-e"],
+    model_card_template=LM_CARD,
 ):
     """The hub mixin of the token LMs (``tokenlm.ar.ARModel`` / ``tokenlm.nar.NARModel``): the
     folders of :func:`tokenlm.pretrained.save_lm` / ``load_lm``. Saving needs the phoneme

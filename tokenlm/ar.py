@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codec.hub import LMHubMixin
 from tokenlm.batch import LMBatch
 from tokenlm.config import LMConfig
 from tokenlm.transformer import Transformer, attention_mask, init_weights, padding_mask
 
 
-class ARModel(nn.Module):
+class ARModel(nn.Module, LMHubMixin):
     """``forward(phonemes [B,P], phoneme_lengths [B], codes [B,T], code_lengths [B])
     -> logits [B, T+1, codebook_size+1]``: position t predicts ``codes[t]``, position
     ``code_lengths[b]`` predicts eos."""

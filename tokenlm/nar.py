@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codec.hub import LMHubMixin
 from tokenlm.batch import LMBatch, random_prompt_lengths, split_prompt
 from tokenlm.config import LMConfig
 from tokenlm.errors import LMError
 from tokenlm.transformer import Transformer, attention_mask, init_weights, padding_mask
 
 
-class NARModel(nn.Module):
+class NARModel(nn.Module, LMHubMixin):
     """``forward(phonemes [B,P], phoneme_lengths [B], prompt_codes [B,Kp,Tp], prompt_lengths [B],
     target_codes [B,Kt,T], target_lengths [B], stage [B] in 1..K-1) -> logits [B, T, codebook_size]``.
 
