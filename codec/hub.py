@@ -167,7 +167,9 @@ class LMHubMixin(
     """The hub mixin of the token LMs (``tokenlm.ar.ARModel`` / ``tokenlm.nar.NARModel``): the
     folders of :func:`tokenlm.pretrained.save_lm` / ``load_lm``. Saving needs the phoneme
     vocabulary, which a loaded model keeps in ``model.info["vocab"]``; a freshly built one needs
-    ``model.info = {"vocab": vocab.to_dict()}`` (optionally with ``"codec"`` and ``"extra"``)."""
+    ``model.info = {"vocab": vocab.to_dict()}`` (optionally with ``"codec"`` and ``"extra"``).
+    A folder that is not a good LM of this kind raises :class:`tokenlm.errors.LMError`, as
+    ``load_lm`` does; a hub id found nowhere, :class:`codec.errors.ModelError`."""
 
     def _save_folder(self, folder: Path) -> None:
         from tokenlm.errors import LMError

@@ -130,33 +130,114 @@ def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch, tiny):
     assert np.isfinite(pulled.decode(pulled.encode(_signal(), 16_000)).numpy()).all()
 
 
-def test_lm_mixin_saves_and_loads_the_lm_folders(tmp_path, monkeypatch):
-    """LMHubMixin on the AR model (as `class ARModel(nn.Module, LMHubMixin)` would give it)."""
-    pretrained = pytest.importorskip("tokenlm.pretrained")
+def _tiny_lm(cls, vocab, seed: int = 0):
+    from tokenlm.config import LMConfig
+
+    torch.manual_seed(seed)
+    return cls(LMConfig(d_model=32, n_layers=1, n_heads=2, ff_mult=2, dropout=0.0, n_phonemes=len(vocab),
+                        n_codebooks=3, codebook_size=16)).eval()
+
+
+def _same_weights(a, b) -> bool:
+    return a.state_dict().keys() == b.state_dict().keys() and all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("kind", ["ar", "nar"])
+def test_lm_classes_save_and_load_the_lm_folders(tmp_path, kind):
+    """ARModel / NARModel carry LMHubMixin: save_pretrained writes save_lm's folder, from_pretrained
+    reads load_lm's (both ways), from a folder or a cached hub id."""
     from codec.hub import LMHubMixin
     from tokenlm.ar import ARModel
-    from tokenlm.config import LMConfig
+    from tokenlm.errors import LMError
+    from tokenlm.nar import NARModel
+    from tokenlm.pretrained import load_lm, save_lm
+    from tokenlm.text import default_vocab
+
+    cls, other = (ARModel, NARModel) if kind == "ar" else (NARModel, ARModel)
+    assert issubclass(cls, LMHubMixin)
+    vocab = default_vocab()
+    model = _tiny_lm(cls, vocab)
+    with pytest.raises(LMError, match="vocabulary"):
+        model.save_pretrained(tmp_path / "none")
+    model.info = {"vocab": vocab.to_dict(), "codec": {"name": "tiny-16k"}, "extra": {"step": 7}}
+    model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["format"] == "tokenwave-lm" and config["kind"] == kind and config["extra"] == {"step": 7}
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "library_name: tokenwave" in card and "text-to-speech" in card and "token language model" in card
+
+    loaded = cls.from_pretrained(tmp_path / "m")
+    again, loaded_vocab = load_lm(tmp_path / "m", kind=kind)  # the same folder through load_lm
+    assert type(loaded) is cls and not loaded.training and loaded_vocab.to_dict() == vocab.to_dict()
+    assert loaded.info["codec"] == {"name": "tiny-16k"} and loaded.info["extra"] == {"step": 7}
+    assert _same_weights(loaded, again)
+    # float16 on disk: the reloaded weights are the original ones rounded
+    assert all(torch.equal(b, a.half().float()) for a, b in zip(model.state_dict().values(),
+                                                                loaded.state_dict().values()))
+    # the other direction: a save_lm folder loads with from_pretrained, and a loaded model saves again
+    save_lm(again, tmp_path / "by_save_lm", vocab, codec={"name": "tiny-16k"})
+    assert _same_weights(cls.from_pretrained(tmp_path / "by_save_lm"), again)
+    loaded.save_pretrained(tmp_path / "resaved")
+    assert load_file(tmp_path / "resaved" / "model.safetensors").keys() == load_file(
+        tmp_path / "m" / "model.safetensors").keys()
+    assert _same_weights(load_lm(tmp_path / "resaved")[0], again)
+
+    with pytest.raises(LMError, match=f"holds a {kind} model, a {other.kind} model is needed"):
+        other.from_pretrained(tmp_path / "m")
+    _fake_hub_cache(tmp_path / "hub", f"someone/tiny-{kind}", loaded)
+    cached = cls.from_pretrained(f"someone/tiny-{kind}", local_files_only=True, cache_dir=tmp_path / "hub")
+    assert _same_weights(cached, again)
+    with pytest.raises(ModelError, match="someone/absent"):
+        cls.from_pretrained("someone/absent", local_files_only=True, cache_dir=tmp_path / "hub")
+
+
+def test_lm_from_pretrained_refuses_tampered_weights(tmp_path):
+    from tokenlm.ar import ARModel
     from tokenlm.errors import LMError
     from tokenlm.text import default_vocab
 
-    class HubAR(ARModel, LMHubMixin):
-        pass
+    model = _tiny_lm(ARModel, default_vocab())
+    model.info = {"vocab": default_vocab().to_dict()}
+    model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(LMError, match="sha256"):
+        ARModel.from_pretrained(tmp_path / "m")
 
-    monkeypatch.setitem(pretrained.MODELS, "ar", HubAR)
-    vocab = default_vocab()
-    torch.manual_seed(0)
-    model = HubAR(LMConfig(d_model=32, n_layers=1, n_heads=2, ff_mult=2, dropout=0.0, n_phonemes=len(vocab),
-                           n_codebooks=2, codebook_size=16))
-    with pytest.raises(LMError, match="vocabulary"):
-        model.save_pretrained(tmp_path / "none")
-    model.info = {"vocab": vocab.to_dict(), "codec": {"name": "tiny-16k"}}
-    model.save_pretrained(tmp_path / "ar")
-    loaded = HubAR.from_pretrained(tmp_path / "ar")
-    again, loaded_vocab = pretrained.load_lm(tmp_path / "ar")  # the same folder through load_lm
-    assert isinstance(loaded, HubAR) and loaded_vocab.to_dict() == vocab.to_dict()
-    assert loaded.info["codec"] == {"name": "tiny-16k"}
-    for a, b in zip(loaded.state_dict().values(), again.state_dict().values()):
-        assert torch.equal(a, b)
-    _fake_hub_cache(tmp_path / "hub", "someone/tiny-ar", loaded)
-    cached = HubAR.from_pretrained("someone/tiny-ar", local_files_only=True, cache_dir=tmp_path / "hub")
-    assert all(torch.equal(a, b) for a, b in zip(cached.state_dict().values(), again.state_dict().values()))
+
+def test_lm_push_to_hub_uploads_the_lm_folder(tmp_path, monkeypatch):
+    """push_to_hub on a NAR model with the hub client replaced by a recorder (no network)."""
+    from huggingface_hub import hub_mixin
+
+    from tokenlm.nar import NARModel
+    from tokenlm.pretrained import load_lm
+    from tokenlm.text import default_vocab
+
+    uploads = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            return type("RepoUrl", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            uploads.append({p.name: p.read_bytes() for p in sorted(folder_path.iterdir())})
+            return f"https://huggingface.co/{repo_id}/commit/fake"
+
+    monkeypatch.setattr(hub_mixin, "HfApi", FakeApi)
+    model = _tiny_lm(NARModel, default_vocab(), seed=1)
+    model.info = {"vocab": default_vocab().to_dict()}
+    assert model.push_to_hub("someone/nar", token="hf_fake").endswith("/commit/fake")
+    (files,) = uploads
+    assert set(files) == {"README.md", "config.json", "model.safetensors"}
+    (tmp_path / "pulled").mkdir()
+    for name, data in files.items():
+        (tmp_path / "pulled" / name).write_bytes(data)
+    pulled, _ = load_lm(tmp_path / "pulled", kind="nar")
+    assert _same_weights(pulled, NARModel.from_pretrained(tmp_path / "pulled"))
