@@ -49,10 +49,29 @@ class CodecConfig:
             "codebook_size must be >= 2": self.codebook_size >= 2,
             "layer counts must be >= 0": self.encoder_layers >= 0 and self.decoder_layers >= 0,
             "dims must be positive": min(self.encoder_dim, self.decoder_dim, self.latent_dim) > 0,
+            # Upper bounds: a config comes from a file, and must not make the loader build a huge model.
+            "sample_rate must be <= 768000": self.sample_rate <= 768_000,
+            "n_fft must be <= 65536": self.n_fft <= 65_536,
+            "dims must be <= 8192": max(self.encoder_dim, self.decoder_dim, self.latent_dim) <= 8192,
+            "layer counts must be <= 64": max(self.encoder_layers, self.decoder_layers) <= 64,
+            "kernel_size and mlp_ratio must be <= 64": max(self.kernel_size, self.mlp_ratio) <= 64,
+            "num_codebooks must be <= 64 and codebook_size <= 65536": self.num_codebooks <= 64
+            and self.codebook_size <= 65_536,
+            "the model must have fewer than 2**30 parameters": self.parameter_bound() < 2**30,
         }
         for message, ok in checks.items():
             if not ok:
                 raise ModelError(f"invalid codec config: {message}")
+
+    def parameter_bound(self) -> int:
+        """A generous upper bound of the model's parameter count (checked before building it)."""
+        spectrum = self.n_fft + 2
+        encoder = spectrum * 2 * self.encoder_dim + self.encoder_layers * self.encoder_dim * (
+            self.kernel_size + 2 * self.mlp_ratio * self.encoder_dim + 8)
+        decoder = self.latent_dim * self.decoder_dim + self.decoder_layers * self.decoder_dim * (
+            self.kernel_size + 2 * self.mlp_ratio * self.decoder_dim + 8) + self.decoder_dim * (spectrum + 2)
+        quantizer = 3 * self.num_codebooks * self.codebook_size * self.latent_dim
+        return 2 * (encoder + decoder + quantizer + self.encoder_dim * self.latent_dim)
 
     @property
     def frame_rate(self) -> float:

@@ -348,6 +348,7 @@ def load_hf_codec(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike 
             source,
             cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
             local_files_only=True,
+            use_safetensors=True,  # never unpickle .bin weights
             dtype=torch.float32,
             output_loading_info=True,
         )

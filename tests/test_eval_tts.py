@@ -132,3 +132,127 @@ def test_eval_tts_end_to_end_with_tiny_models(tmp_path, capsys):
     assert (out / "results.md").read_text().startswith("# TTS evaluation")
     assert cli_main(args) == 2  # results exist: refused without --force
     assert "use --force" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero-shot prompts: --prompt and --unseen-speaker
+
+
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def _voiced(seconds: float, rate: int, f0: float = 120.0, seed: int = 0) -> np.ndarray:
+    """Speech-like test audio ``[N]``: harmonics of ``f0`` with a 4 Hz syllable envelope."""
+    t = np.arange(round(seconds * rate)) / rate
+    rng = np.random.default_rng(seed)
+    wav = sum(np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 6.3)) / h for h in range(1, 12) if f0 * h < rate / 2)
+    envelope = 0.5 - 0.5 * np.cos(2 * np.pi * 4.0 * t)
+    return (0.1 * wav * envelope).astype(np.float32)
+
+
+def _write_manifest(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_unseen_prompt_is_built_from_the_unseen_speakers_digits(tmp_path):
+    from codec.audio import load_audio, write_audio
+    from tts.evaluate import DIGIT_ORDER, build_unseen_prompt, unseen_speaker
+    from tts.synthesizer import sound_frames
+
+    assert unseen_speaker() == "fsdd_yweweler"
+    rows = []
+    for digit, word in enumerate(DIGITS):
+        for take in range(2):  # 0.1 s silence, 0.4 s of sound, 0.1 s silence, at 8 kHz
+            wav = np.concatenate([np.zeros(800), _voiced(0.4, 8000, 100 + 10 * digit), np.zeros(800)])
+            name = f"{digit}_yweweler_{take}.wav"
+            write_audio(tmp_path / name, wav[None], 8000)
+            rows.append({"audio": name, "text": word, "speaker": "fsdd_yweweler"})
+        write_audio(tmp_path / f"{digit}_other_0.wav", _voiced(0.6, 8000)[None], 8000)
+        rows.append({"audio": f"{digit}_other_0.wav", "text": word, "speaker": "fsdd_other"})
+    manifest = _write_manifest(tmp_path / "manifest.jsonl", rows)
+    path, transcript, files = build_unseen_prompt(manifest, tmp_path / "prompts")
+    wav, rate = load_audio(path)
+    seconds = wav.shape[1] / rate
+    assert rate == 16000 and 3.5 <= seconds <= 5.0
+    words = transcript.split()
+    # digit order fixed, one take of each digit; each 0.44 s piece (trimmed to 20 ms margins) + 0.15 s gaps
+    assert words == list(DIGIT_ORDER[: len(words)]) and len(words) == 7
+    assert seconds == pytest.approx(7 * 0.44 + 6 * 0.15, abs=0.03)
+    assert [f.name for f in files] == [f"{DIGITS.index(w)}_yweweler_0.wav" for w in words]
+    silent = ~sound_frames(wav[0], rate)
+    runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[0], silent.astype(int), [0]]))))[::2]
+    assert (runs >= 5).sum() == 6  # the six gaps (>= 100 ms of silence), nothing else
+    info = json.loads(path.with_suffix(".json").read_text())
+    assert info["transcript"] == transcript and info["speaker"] == "fsdd_yweweler" and len(info["files"]) == 7
+    with pytest.raises(TTSError, match="no digit recordings"):
+        build_unseen_prompt(manifest, tmp_path / "prompts", speaker="nobody")
+
+
+def test_eval_tts_zero_shot_prompt_with_tiny_models(tmp_path, capsys):
+    _scorers_or_skip()
+    from codec.audio import write_audio
+
+    # a 3 s stereo 22.05 kHz prompt and two more recordings of its "speaker" in a manifest
+    prompt = tmp_path / "me.wav"
+    write_audio(prompt, np.stack([_voiced(3.0, 22050), _voiced(3.0, 22050, seed=1)]), 22050)
+    rows = [{"audio": "me.wav", "text": "hello there my friend", "speaker": "me"}]
+    for i in range(2):
+        write_audio(tmp_path / f"me{i}.wav", _voiced(1.5, 16000, 125, seed=i)[None], 16000)
+        rows.append({"audio": f"me{i}.wav", "text": "good morning", "speaker": "me"})
+    manifest = _write_manifest(tmp_path / "manifest.jsonl", rows)
+    out = tmp_path / "eval"
+    base = ["eval-tts", "--ar", "tiny", "--nar", "tiny", "--codec", "tiny-16k", "--sentences", "1",
+            "--max-frames-per-phoneme", "2", "--retries", "0", "--threads", "1", "--manifest", str(manifest),
+            "--out", str(out)]
+    args = base + ["--prompt", str(prompt), "--prompt-text", "hello there my friend", "--prompt-name", "me",
+                   "--reference-speaker", "me", "--references", "5"]
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| prompt: me (zero-shot) | TTS (tiny-16k) | 1 |" in printed and "kathleen" not in printed
+    assert "| prompt: me (zero-shot) | real recordings | 2 |" in printed and "Targets" not in printed
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    tts_row = next(r for r in rows if r["type"] == "utterance" and r["system"] == "tts")
+    assert tts_row["voice"] == "prompt: me (zero-shot)" and tts_row["rtf"] > 0 and tts_row["words"] > 0
+    assert tts_row["failure"] in (None, "max_length", "empty", "silence")
+    real = [r for r in rows if r["type"] == "utterance" and r["system"] == "real"]
+    assert sorted(Path(r["file"]).name for r in real) == ["me0.wav", "me1.wav"]  # the prompt's own file left out
+    summaries = [r for r in rows if r["type"] == "summary"]
+    assert {s["system"] for s in summaries} == {"tts", "real", "roundtrip"} and all(s["zero_shot"] for s in summaries)
+    assert not [r for r in rows if r["type"] == "target"]  # no target yet for zero-shot prompts
+    assert (out / "audio" / "prompt-me" / "000.flac").is_file()
+    markdown = (out / "results.md").read_text()
+    assert "## Rows" in markdown and f"zero-shot prompt recording `{prompt}`" in markdown
+    assert 'transcript: "hello there my friend"' in markdown and "2 recording(s) of manifest speaker `me`" in markdown
+    # bad input: one-line errors, exit 2
+    for extra, message in ((["--prompt", str(tmp_path / "missing.wav")], "not found"),
+                           (["--prompt-text", "hi"], "go with --prompt"),
+                           (["--prompt", str(prompt), "--reference-speaker", "nobody"], "no such speaker")):
+        assert cli_main(base + ["--force"] + extra) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_eval_tts_unseen_speaker_with_tiny_models(tmp_path, capsys):
+    _scorers_or_skip()
+    manifest = SHARED / "manifest.jsonl"
+    if not manifest.is_file():
+        pytest.skip(f"--unseen-speaker needs the shared data manifest ({manifest} is absent)")
+    out = tmp_path / "eval"
+    args = ["eval-tts", "--ar", "tiny", "--nar", "tiny", "--codec", "tiny-16k", "--sentences", "1",
+            "--references", "2", "--max-frames-per-phoneme", "2", "--retries", "0", "--threads", "1",
+            "--manifest", str(manifest), "--out", str(out), "--unseen-speaker", "--no-audio"]
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    label = "unseen: fsdd_yweweler (zero-shot)"
+    assert f"| {label} | TTS (tiny-16k) | 1 |" in printed and f"| {label} | real recordings | 2 |" in printed
+    info = json.loads((out / "prompts" / "unseen-fsdd_yweweler.json").read_text())
+    assert 3.5 <= info["seconds"] <= 5.0 and set(info["transcript"].split()) <= set(DIGITS)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    real = [r for r in rows if r["type"] == "utterance" and r["system"] == "real"]
+    prompt_files = {Path(f).name for f in info["files"]}
+    assert len(real) == 2 and all("_yweweler_" in r["file"] and Path(r["file"]).name not in prompt_files for r in real)
+    assert all(r["voice"] == label for r in rows if r["type"] in ("utterance", "summary"))
+    assert not [r for r in rows if r["type"] == "target"]
+    markdown = (out / "results.md").read_text()
+    assert f"- **{label}**: zero-shot prompt of speaker `fsdd_yweweler`, the codec's unseen split" in markdown
+    assert f'transcript: "{info["transcript"]}"' in markdown

@@ -123,3 +123,18 @@ def test_shipped_weights_verify():
     config = json.loads((shipped / "config.json").read_text())
     assert file_sha256(shipped / "model.safetensors") == config["weights_sha256"]
     assert load_pretrained(shipped).name == "speech-16k"
+
+
+@pytest.mark.parametrize("overrides", [
+    {"decoder_dim": 8192, "decoder_layers": 64},
+    {"encoder_dim": 100_000},
+    {"num_codebooks": 1000},
+    {"codebook_size": 2**20},
+    {"sample_rate": 10**9},
+])
+def test_config_with_huge_sizes_is_refused_before_building(overrides):
+    from codec.config import CodecConfig
+
+    data = CodecConfig().to_dict() | overrides
+    with pytest.raises(ModelError, match="invalid codec config"):
+        CodecConfig.from_dict(data)

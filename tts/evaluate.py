@@ -26,8 +26,28 @@ through the codec at the NAR's number of codebooks, and the similarity of each r
 to the prompt (real-real similarity). Targets (reported, not asserted): WER <= 1.3 x real WER,
 no failure, similarity >= 0.8 x real-real, RTF <= 0.5.
 
+Zero-shot prompts (no target yet; their numbers are reported, not compared with targets):
+
+- ``--prompt WAV [--prompt-text TEXT] [--prompt-name NAME] [--reference-speaker SPEAKER]``: any
+  recording as the voice (without ``--prompt-text`` the synthesizer transcribes it with
+  pocketsphinx), scored exactly like a built-in voice; with ``--reference-speaker``, the
+  reference rows use up to ``--references`` recordings of that manifest speaker from any split
+  (the prompt's own file left out).
+- ``--unseen-speaker``: the speaker of the codec's ``unseen`` split (:data:`codec.data.UNSEEN_SPEAKERS`,
+  ``fsdd_yweweler``: never trained on by the codec or the LMs). Their FSDD recordings are single
+  spoken digits of about 0.4 s at 8 kHz, so the prompt is built (:func:`build_unseen_prompt`):
+  digit recordings in a fixed order, each resampled to 16 kHz, its silent ends trimmed and its
+  level set to -24 dBFS, joined with 0.15 s gaps until 3.5-5 s, transcript the digit words
+  ("seven three nine ..."); it is saved as ``prompts/unseen-<speaker>.flac`` (+ ``.json``) in
+  ``--out``. The reference rows use that speaker's other digit recordings (isolated words: their
+  WER is not comparable with the sentences').
+
+Built-in voices default to ``kathleen`` only when neither ``--prompt`` nor ``--unseen-speaker``
+is given. ``results.md`` has a "Rows" section saying what every row is.
+
 Outputs in ``--out``: ``results.md`` (tables), ``results.jsonl`` (one row per utterance, then
-the summaries; NaN written as null) and, unless ``--no-audio``, ``audio/<voice>/NNN.flac``.
+the summaries; NaN written as null) and, unless ``--no-audio``, ``audio/<voice>/NNN.flac``
+(``audio/prompt-<name>/``, ``audio/unseen-<speaker>/`` for the zero-shot prompts).
 """
 
 from __future__ import annotations
@@ -211,15 +231,108 @@ def read_sentences(path: str | Path = SENTENCES_FILE) -> list[str]:
     return sentences
 
 
-def reference_recordings(manifest: Path, speaker: str, limit: int, exclude: str = "") -> list:
-    """Up to ``limit`` dev-split recordings (with transcripts) of ``speaker``, spread evenly,
-    leaving out any whose file name is ``exclude``."""
+def reference_recordings(manifest: Path, speaker: str, limit: int, exclude: str | set[str] = "",
+                         split: str | None = "dev") -> list:
+    """Up to ``limit`` recordings (with transcripts) of ``speaker`` in ``split`` (None: any),
+    spread evenly, leaving out any whose file name is (in) ``exclude``."""
     from codec.data import read_manifest, select_split
     from codec.evaluate import spread
 
-    recordings = [r for r in select_split(read_manifest(manifest), "dev")
-                  if r.speaker == speaker and r.text.strip() and (not exclude or r.path.name != exclude)]
+    excluded = {exclude} if isinstance(exclude, str) else set(exclude)
+    recordings = read_manifest(manifest)
+    if split is not None:
+        recordings = select_split(recordings, split)
+    recordings = [r for r in recordings if r.speaker == speaker and r.text.strip() and r.path.name not in excluded]
     return spread(recordings, limit)
+
+
+DIGIT_ORDER = ("seven", "three", "nine", "one", "five", "zero", "eight", "two", "six", "four")
+PROMPT_GAP = 0.15  # seconds of silence between the digits of the unseen speaker's prompt
+PROMPT_SECONDS = (3.5, 5.0)  # digits are added until the prompt is at least 3.5 s, never past 5 s
+
+
+def unseen_speaker() -> str:
+    """The speaker of the ``unseen`` split (:data:`codec.data.UNSEEN_SPEAKERS`)."""
+    from codec.data import UNSEEN_SPEAKERS
+
+    return min(UNSEEN_SPEAKERS)
+
+
+def build_unseen_prompt(manifest: Path, folder: Path, speaker: str | None = None,
+                        sample_rate: int = EVAL_RATE) -> tuple[Path, str, list[Path]]:
+    """Write a 3.5-5 s prompt of the unseen speaker's digit recordings; returns ``(flac path,
+    transcript, source files)``.
+
+    Recordings of ``speaker`` (default :func:`unseen_speaker`) in the manifest's ``unseen``
+    split, by digit in :data:`DIGIT_ORDER` (the first of each digit, sorted by path, then the
+    second, ...): resampled to ``sample_rate``, silent ends trimmed (20 ms kept), level set to
+    -24 dBFS, joined with :data:`PROMPT_GAP` s gaps. Written as ``folder/unseen-<speaker>.flac``
+    with a ``.json`` beside it (transcript, speaker, source files)."""
+    from codec.audio import load_audio, write_audio
+    from codec.data import read_manifest, select_split
+    from codec.errors import AudioError, TokenwaveError
+    from tts.synthesizer import set_level, trim_silence
+
+    speaker = speaker or unseen_speaker()
+    try:
+        recordings = [r for r in select_split(read_manifest(manifest), "unseen") if r.speaker == speaker]
+    except TokenwaveError as error:  # unreadable manifest
+        raise TTSError(f"--unseen-speaker: {error}") from None
+    by_digit: dict[str, list] = {}
+    for r in sorted(recordings, key=lambda r: str(r.path)):
+        by_digit.setdefault(r.text.strip().lower(), []).append(r)
+    candidates = [by_digit[d][i] for i in range(max(map(len, by_digit.values()), default=0))
+                  for d in DIGIT_ORDER if i < len(by_digit.get(d, []))]
+    if not candidates:
+        raise TTSError(f"no digit recordings of the unseen speaker {speaker!r} in {manifest}")
+    gap = np.zeros(round(PROMPT_GAP * sample_rate), np.float32)
+    pieces, words, files, total = [], [], [], 0.0
+    for recording in candidates:
+        try:
+            wav, _ = load_audio(recording.path, sample_rate)
+        except AudioError:
+            continue
+        piece = trim_silence(wav[0], sample_rate, 0.02, 0.02)
+        seconds = (len(piece) + (len(gap) if pieces else 0)) / sample_rate
+        if not len(piece) or total + seconds > PROMPT_SECONDS[1]:
+            continue
+        pieces += ([gap] if pieces else []) + [set_level(piece, sample_rate, -24.0)]
+        words.append(recording.text.strip().lower())
+        files.append(recording.path)
+        total += seconds
+        if total >= PROMPT_SECONDS[0]:
+            break
+    if total < 3.0:
+        raise TTSError(f"only {total:.1f} s of readable recordings of {speaker!r} in {manifest}; a prompt needs 3 s")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"unseen-{speaker}.flac"
+    write_audio(path, np.concatenate(pieces)[None], sample_rate)
+    transcript = " ".join(words)
+    info = {"speaker": speaker, "split": "unseen", "transcript": transcript, "seconds": round(total, 3),
+            "gap_seconds": PROMPT_GAP, "files": [str(f) for f in files]}
+    _write_text(path.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
+    return path, transcript, files
+
+
+@dataclass
+class Entry:
+    """One voice under evaluation: a built-in voice, or a prompt recording (zero-shot)."""
+
+    name: str  # the ``voice`` of its rows and its label in the tables
+    folder: str  # audio/<folder>/
+    voice: str | None = None  # built-in voice name
+    prompt: Path | None = None  # or a prompt recording ...
+    prompt_text: str = ""  # ... and its transcript (empty: transcribed by the synthesizer)
+    speaker: str = ""  # manifest speaker of the reference rows ("" : none)
+    exclude: frozenset = frozenset()  # file names never used as references (the prompt's own)
+    split: str | None = "dev"  # split of the reference recordings (None: any)
+    kind: str = "voice"  # "voice" (built-in), "prompt" (--prompt) or "unseen" (--unseen-speaker)
+    sources: tuple = ()  # --unseen-speaker: the recordings the prompt is made of
+    prompt_seconds: float = 0.0  # of the prepared prompt, once known
+
+    @property
+    def zero_shot(self) -> bool:
+        return self.kind != "voice"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,9 +399,10 @@ def _fmt(value, digits: int, percent: bool = False) -> str:
 
 
 def targets_rows(summaries: list[dict]) -> list[dict]:
-    """Per voice: the four targets, measured value and whether it is met (None: no reference)."""
+    """Per voice: the four targets, measured value and whether it is met (None: no reference).
+    Zero-shot prompts have no target yet."""
     out = []
-    for voice in dict.fromkeys(s["voice"] for s in summaries):
+    for voice in dict.fromkeys(s["voice"] for s in summaries if not s.get("zero_shot")):
         mine = {s["system"]: s for s in summaries if s["voice"] == voice}
         tts, real = mine["tts"], mine.get("real")
         wer_ratio = tts["wer"] / real["wer"] if real and real["wer"] > 0 else math.nan
@@ -306,7 +420,9 @@ def targets_rows(summaries: list[dict]) -> list[dict]:
     return out
 
 
-def results_markdown(summaries: list[dict], targets: list[dict], header: list[str]) -> str:
+def results_markdown(summaries: list[dict], targets: list[dict], header: list[str],
+                     described: list[tuple[str, str]] = ()) -> str:
+    """The tables; ``described``: ``(voice, what its rows are)`` for the "Rows" section."""
     lines = ["# TTS evaluation", ""] + [f"- {line}" for line in header] + [""]
     lines += ["| voice | system | utterances | WER % | mean utt. WER % | similarity to prompt | failed (1st try) | RTF "
               + "| audio s |", "|---|---|---|---|---|---|---|---|---|"]
@@ -323,13 +439,18 @@ def results_markdown(summaries: list[dict], targets: list[dict], header: list[st
             digits = 0 if t["target"] == "failed generations" else 3
             met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
             lines.append(f"| {t['voice']} | {t['target']} | {_fmt(t['value'], digits)} | {t['goal']} | {met} |")
+    if any(s.get("zero_shot") for s in summaries):
+        lines += ["", "Zero-shot prompts have no target yet: their rows are reported only."]
+    if described:
+        lines += ["", "## Rows", ""] + [f"- **{voice}**: {what}" for voice, what in described]
     lines += ["", "## Definitions", "",
               "WER: pocketsphinx 5 (US English model) on 16 kHz int16 audio; words normalised (front-end number and",
               "abbreviation expansion, lower case, punctuation removed); corpus WER = all edits / all reference words.",
               "Similarity: cosine of Resemblyzer embeddings, output vs the voice prompt (real: a real recording of the",
               "speaker vs the prompt). Failed: a chunk hit the AR length limit, had < 0.3 s (or < 25 ms per phoneme) of",
               "sound, or sound in < 30% of its frames, after the synthesizer's retries (first attempt in brackets).",
-              "RTF: synthesis time / audio duration. Real and round-trip rows: dev-split recordings never trained on.",
+              "RTF: synthesis time / audio duration. Real and round-trip rows of built-in voices: dev-split",
+              "recordings never trained on; of zero-shot prompts: the recordings named in the Rows section.",
               ""]
     return "\n".join(lines)
 
@@ -345,12 +466,22 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--voice", action="append", help="built-in voice to evaluate (repeatable; default kathleen)")
+    parser.add_argument("--voice", action="append",
+                        help="built-in voice to evaluate (repeatable; default kathleen unless --prompt or "
+                             "--unseen-speaker is given)")
+    parser.add_argument("--prompt", metavar="WAV", help="also evaluate this recording as a zero-shot voice prompt")
+    parser.add_argument("--prompt-text", help="with --prompt: its transcript (default: transcribed by pocketsphinx)")
+    parser.add_argument("--prompt-name", help="with --prompt: its name in the tables (default: the file name)")
+    parser.add_argument("--reference-speaker", metavar="SPEAKER",
+                        help="with --prompt: manifest speaker whose real recordings (any split) give the reference rows")
+    parser.add_argument("--unseen-speaker", action="store_true",
+                        help="also evaluate a zero-shot prompt of the unseen speaker (fsdd_yweweler, never trained "
+                             "on): 3.5-5 s of their digit recordings from --manifest; the others are references")
     parser.add_argument("--sentences", type=int, default=100, help="how many test sentences (default 100)")
     parser.add_argument("--sentence-file", default=str(SENTENCES_FILE),
                         help="one sentence per line, '#' comments (default: tts/eval_sentences.txt)")
     parser.add_argument("--references", type=int, default=20,
-                        help="real dev-split recordings per voice for the reference rows (default 20; 0: none)")
+                        help="real recordings per voice for the reference rows (default 20; 0: none)")
     parser.add_argument("--manifest", default=str(DEFAULT_MANIFEST), help="manifest with the real recordings")
     parser.add_argument("--out", required=True, help="folder for results.md, results.jsonl, audio/")
     parser.add_argument("--ar", help="AR model folder (default weights/lm-ar; 'tiny': untrained test model)")
@@ -383,13 +514,83 @@ def _synthesizer(args):
     return load(args.ar, args.nar, args.codec, device=device, config=config)
 
 
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64] or "prompt"
+
+
+def _entries(args, manifest: Path, out: Path) -> list[Entry]:
+    """The voices to evaluate: built-in voices, then ``--prompt``, then ``--unseen-speaker``
+    (whose prompt is written to ``out/prompts/``)."""
+    from codec.data import read_manifest
+    from tts.voices import get_voice
+
+    if not args.prompt and (args.prompt_text or args.prompt_name or args.reference_speaker):
+        raise TTSError("--prompt-text, --prompt-name and --reference-speaker go with --prompt WAV")
+    names = args.voice or ([] if args.prompt or args.unseen_speaker else ["kathleen"])
+    entries = []
+    for voice in (get_voice(name) for name in dict.fromkeys(names)):
+        exclude = frozenset({Path(voice.source_file).name}) if voice.source_file else frozenset()
+        entries.append(Entry(voice.name, voice.name, voice=voice.name, speaker=voice.speaker, exclude=exclude))
+    if args.prompt:
+        path = Path(args.prompt)
+        if not path.is_file():
+            raise TTSError(f"prompt recording {path} not found")
+        name = args.prompt_name or path.stem
+        speaker = args.reference_speaker or ""
+        if (speaker and args.references and manifest.is_file()
+                and speaker not in {r.speaker for r in read_manifest(manifest)}):
+            raise TTSError(f"--reference-speaker {speaker!r}: no such speaker in {manifest}")
+        entries.append(Entry(f"prompt: {name} (zero-shot)", f"prompt-{_slug(name)}", prompt=path,
+                             prompt_text=(args.prompt_text or "").strip(), speaker=speaker,
+                             exclude=frozenset({path.name}), split=None, kind="prompt"))
+    if args.unseen_speaker:
+        if not manifest.is_file():
+            raise TTSError(f"--unseen-speaker needs the manifest {manifest} (not found; see --manifest)")
+        speaker = unseen_speaker()
+        path, transcript, files = build_unseen_prompt(manifest, out / "prompts", speaker)
+        entries.append(Entry(f"unseen: {speaker} (zero-shot)", f"unseen-{speaker}", prompt=path,
+                             prompt_text=transcript, speaker=speaker, exclude=frozenset(f.name for f in files),
+                             split="unseen", kind="unseen", sources=tuple(files)))
+    return entries
+
+
+def _describe(entry: Entry, prompt, references: int, sentences: int, n_codebooks: int, out: Path) -> str:
+    """What the rows of ``entry`` are, for the "Rows" section of results.md."""
+    said = {"given": "transcript", "asr": "transcript by pocketsphinx", "none": "no transcript"}[
+        prompt.transcript_source]
+    text = f'{said}: "{prompt.transcript}"' if prompt.transcript else said
+    if entry.kind == "voice":
+        head = f"built-in voice `{entry.voice}` ({prompt.seconds:.1f} s prompt, {text})."
+        where = (f"{references} dev-split recording(s) of speaker `{entry.speaker}` (never trained on; the "
+                 "prompt's own recording left out)")
+    elif entry.kind == "prompt":
+        head = f"zero-shot prompt recording `{entry.prompt}` ({prompt.seconds:.1f} s used, {text}); no target yet."
+        where = (f"{references} recording(s) of manifest speaker `{entry.speaker}` (any split; the prompt's file "
+                 "left out)")
+    else:
+        head = (f"zero-shot prompt of speaker `{entry.speaker}`, the codec's unseen split (never trained on by the "
+                f"codec or the LMs): {len(entry.sources)} of their FSDD digit recordings (8 kHz, resampled to "
+                f"16 kHz) joined with {PROMPT_GAP:g} s gaps into `{entry.prompt.relative_to(out)}` "
+                f"({prompt.seconds:.1f} s, {text}); no target yet.")
+        where = (f"{references} other digit recording(s) of `{entry.speaker}` (single words: their WER is not "
+                 "comparable with the sentences')")
+    rows = f"TTS row: the {sentences} test sentence(s) synthesised with this prompt."
+    if references:
+        rows += (f" Real recordings: {where}, similarity of each to the prompt (real-real). Codec round trip: "
+                 f"the same recordings encoded and decoded at {n_codebooks} codebooks.")
+    elif entry.kind == "prompt" and not entry.speaker:
+        rows += " No reference rows (no --reference-speaker)."
+    else:
+        rows += " No reference rows."
+    return f"{head} {rows}"
+
+
 def main(args) -> int:
     """Run ``tokenwave eval-tts``; returns the exit code."""
     import torch
 
     from codec.evaluate import spread
     from tts.asr import Recognizer
-    from tts.voices import get_voice
 
     def log(message: str) -> None:
         tqdm.write(message, file=sys.stderr)
@@ -402,8 +603,9 @@ def main(args) -> int:
         raise TTSError(f"{out / existing[0]} exists; use --force to overwrite")
     if out.exists() and not out.is_dir():
         raise TTSError(f"{out} is not a folder")
-    voices = [get_voice(name) for name in dict.fromkeys(args.voice or ["kathleen"])]
+    manifest = Path(args.manifest)
     sentences = spread(read_sentences(args.sentence_file), args.sentences)
+    entries = _entries(args, manifest, out)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -411,24 +613,25 @@ def main(args) -> int:
     scorer = Scorer(Recognizer(), SpeakerEncoder())
     scorer_load = time.perf_counter() - began
     synth = _synthesizer(args)
-    manifest = Path(args.manifest)
     if args.references and not manifest.is_file():
         log(f"note: {manifest} not found; no reference rows")
 
     rows: list[dict] = []
-    total = len(voices) * len(sentences)
-    bar = tqdm(total=total, desc="eval-tts", unit="sentence", file=sys.stderr)
-    for voice in voices:
-        prompt = synth.prepare_prompt(voice.name)
+    described: list[tuple[str, str]] = []
+    bar = tqdm(total=len(entries) * len(sentences), desc="eval-tts", unit="sentence", file=sys.stderr)
+    for entry in entries:
+        prompt_text = entry.prompt_text or None
+        prompt = synth.prepare_prompt(entry.voice, entry.prompt, prompt_text)
         prompt_embedding = scorer.speaker_encoder.embed(_at_rate(prompt.wav, synth.sample_rate))
-        folder = out / "audio" / voice.name
+        folder = out / "audio" / entry.folder
         if not args.no_audio:
             folder.mkdir(parents=True, exist_ok=True)
         for i, sentence in enumerate(sentences):
-            result = synth.run(sentence, voice=voice.name, seed=args.seed + i)
+            result = synth.run(sentence, voice=entry.voice, prompt=entry.prompt, prompt_text=prompt_text,
+                               seed=args.seed + i)
             failures = [c.failure for c in result.chunks if c.failure]
             first = [c.first_failure for c in result.chunks if c.first_failure]
-            row = {"type": "utterance", "voice": voice.name, "system": "tts", "index": i,
+            row = {"type": "utterance", "voice": entry.name, "system": "tts", "index": i,
                    **scorer.score(result.audio, result.sample_rate, sentence, prompt_embedding),
                    "synth_seconds": result.seconds_taken, "rtf": result.rtf,
                    "failure": failures[0] if failures else None, "first_failure": first[0] if first else None,
@@ -440,17 +643,25 @@ def main(args) -> int:
                 write_audio(folder / f"{i:03d}.flac", result.audio[None], result.sample_rate)
             rows.append(row)
             bar.update(1)
-        if args.references and manifest.is_file() and voice.speaker:
-            rows += _reference_rows(synth, scorer, voice, manifest, args.references, prompt_embedding, log)
+        recordings = []
+        if args.references and manifest.is_file() and entry.speaker:
+            recordings = reference_recordings(manifest, entry.speaker, args.references, entry.exclude, entry.split)
+            if not recordings:
+                log(f"note: no {entry.split or 'any'}-split recordings of speaker {entry.speaker!r} in {manifest}; "
+                    "no reference rows")
+            rows += _reference_rows(synth, scorer, entry.name, recordings, prompt_embedding, log)
+        references = len([r for r in rows if r["voice"] == entry.name and r["system"] == "real"])
+        described.append((entry.name, _describe(entry, prompt, references, len(sentences), synth.n_codebooks, out)))
+        entry.prompt_seconds = prompt.seconds
     bar.close()
 
     summaries = []
-    for voice in voices:
+    for entry in entries:
         for system, label in (("tts", f"TTS ({synth.codec.name})"), ("real", "real recordings"),
                               ("roundtrip", f"real, codec round trip ({synth.n_codebooks} codebooks)")):
-            mine = [r for r in rows if r["voice"] == voice.name and r["system"] == system]
+            mine = [r for r in rows if r["voice"] == entry.name and r["system"] == system]
             if mine:
-                summaries.append(summarise(mine) | {"label": label})
+                summaries.append(summarise(mine) | {"label": label, "zero_shot": entry.zero_shot})
     targets = targets_rows(summaries)
     speed = {"type": "scorer_speed", "utterances": scorer.count, "audio_seconds": scorer.audio_seconds,
              "asr_seconds_per_utterance": scorer.asr_seconds / max(1, scorer.count),
@@ -461,15 +672,16 @@ def main(args) -> int:
               f"`{synth.codec.name}` ({synth.n_codebooks} codebooks); seed {args.seed}; "
               f"{torch.get_num_threads()} torch thread(s)")
     inputs = (f"{len(sentences)} sentence(s) from `{Path(args.sentence_file).name}` per voice; voices: "
-              + ", ".join(f"{v.name} ({v.seconds:.1f} s prompt)" for v in voices))
+              + ", ".join(f"{e.name} ({e.prompt_seconds:.1f} s prompt)" for e in entries))
     scorers = (f"scorers: pocketsphinx {speed['asr_seconds_per_utterance']:.2f} s per utterance (RTF "
                f"{speed['asr_rtf']:.2f}), Resemblyzer {speed['embed_seconds_per_utterance']:.3f} s per utterance")
     header = [models, inputs, scorers]
     out.mkdir(parents=True, exist_ok=True)
     _write_text(out / "results.jsonl", "".join(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n"
                                                for row in rows + summaries + targets + [speed]))
-    _write_text(out / "results.md", results_markdown(summaries, targets, header))
-    print(results_markdown(summaries, targets, header).split("\n## Definitions")[0].rstrip())
+    markdown = results_markdown(summaries, targets, header, described)
+    _write_text(out / "results.md", markdown)
+    print(markdown.split("\n## Rows")[0].split("\n## Definitions")[0].rstrip())
     print(f"\nwritten: {', '.join(str(out / name) for name in RESULT_FILES)}")
     return 0
 
@@ -480,22 +692,18 @@ def _at_rate(wav: np.ndarray, sample_rate: int) -> np.ndarray:
     return resample(np.asarray(wav, dtype=np.float32), sample_rate, EVAL_RATE)
 
 
-def _reference_rows(synth, scorer: Scorer, voice, manifest: Path, limit: int, prompt_embedding, log) -> list[dict]:
-    """Real recordings of the voice's speaker and their codec round trips, scored like the TTS."""
+def _reference_rows(synth, scorer: Scorer, name: str, recordings: list, prompt_embedding, log) -> list[dict]:
+    """Real ``recordings`` of a voice's speaker and their codec round trips, scored like the TTS
+    (rows of voice ``name``)."""
     import torch
 
     from codec.audio import load_audio
     from codec.errors import AudioError
 
-    source = Path(voice.source_file).name if voice.source_file else ""
-    recordings = reference_recordings(manifest, voice.speaker, limit, exclude=source)
-    if not recordings:
-        log(f"note: no dev-split recordings of speaker {voice.speaker!r} in {manifest}; no reference rows")
-        return []
     rows = []
     codec, rate = synth.codec, synth.sample_rate
     bitrate = codec.codebooks_to_bitrate(synth.n_codebooks)
-    for recording in tqdm(recordings, desc=f"references {voice.name}", unit="file", file=sys.stderr, leave=False):
+    for recording in tqdm(recordings, desc=f"references {name}", unit="file", file=sys.stderr, leave=False):
         try:
             wav, _ = load_audio(recording.path, rate)
         except AudioError as error:
@@ -504,6 +712,6 @@ def _reference_rows(synth, scorer: Scorer, voice, manifest: Path, limit: int, pr
         codes = codec.encode(torch.from_numpy(wav), rate, bitrate=bitrate)
         decoded = codec.decode(codes, length=wav.shape[-1]).detach().cpu().numpy().reshape(-1)
         for system, audio in (("real", wav[0]), ("roundtrip", decoded)):
-            rows.append({"type": "utterance", "voice": voice.name, "system": system, "file": str(recording.path),
+            rows.append({"type": "utterance", "voice": name, "system": system, "file": str(recording.path),
                          **scorer.score(audio, rate, recording.text, prompt_embedding)})
     return rows
