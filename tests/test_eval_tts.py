@@ -171,7 +171,8 @@ def test_unseen_prompt_is_built_from_the_unseen_speakers_digits(tmp_path):
         write_audio(tmp_path / f"{digit}_other_0.wav", _voiced(0.6, 8000)[None], 8000)
         rows.append({"audio": f"{digit}_other_0.wav", "text": word, "speaker": "fsdd_other"})
     manifest = _write_manifest(tmp_path / "manifest.jsonl", rows)
-    path, transcript, files = build_unseen_prompt(manifest, tmp_path / "prompts")
+    built = build_unseen_prompt(manifest, tmp_path / "prompts", references=5)
+    path, transcript, files = built.path, built.transcript, built.files
     wav, rate = load_audio(path)
     seconds = wav.shape[1] / rate
     assert rate == 16000 and 3.5 <= seconds <= 5.0
@@ -185,6 +186,14 @@ def test_unseen_prompt_is_built_from_the_unseen_speakers_digits(tmp_path):
     assert (runs >= 5).sum() == 6  # the six gaps (>= 100 ms of silence), nothing else
     info = json.loads(path.with_suffix(".json").read_text())
     assert info["transcript"] == transcript and info["speaker"] == "fsdd_yweweler" and len(info["files"]) == 7
+    # the one reference: take 1 of each digit (no recording shared with the prompt), order rotated by 3
+    (ref,) = built.references
+    ref_words = ref.text.split()
+    assert ref_words == list(DIGIT_ORDER[3:] + DIGIT_ORDER[:3])[: len(ref_words)] and len(ref_words) == 7
+    assert ref.speaker == "fsdd_yweweler" and ref.path.name == "unseen-fsdd_yweweler-ref-01.flac"
+    assert ref.path.is_file() and [r["file"] for r in info["references"]] == [ref.path.name]
+    assert info["references"][0]["files"] == [str(tmp_path / f"{DIGITS.index(w)}_yweweler_1.wav")
+                                              for w in ref_words]
     with pytest.raises(TTSError, match="no digit recordings"):
         build_unseen_prompt(manifest, tmp_path / "prompts", speaker="nobody")
 
@@ -198,7 +207,7 @@ def test_eval_tts_zero_shot_prompt_with_tiny_models(tmp_path, capsys):
     write_audio(prompt, np.stack([_voiced(3.0, 22050), _voiced(3.0, 22050, seed=1)]), 22050)
     rows = [{"audio": "me.wav", "text": "hello there my friend", "speaker": "me"}]
     for i in range(2):
-        write_audio(tmp_path / f"me{i}.wav", _voiced(1.5, 16000, 125, seed=i)[None], 16000)
+        write_audio(tmp_path / f"me{i}.wav", _voiced(0.8, 16000, 125, seed=i)[None], 16000)
         rows.append({"audio": f"me{i}.wav", "text": "good morning", "speaker": "me"})
     manifest = _write_manifest(tmp_path / "manifest.jsonl", rows)
     out = tmp_path / "eval"
@@ -239,18 +248,21 @@ def test_eval_tts_unseen_speaker_with_tiny_models(tmp_path, capsys):
         pytest.skip(f"--unseen-speaker needs the shared data manifest ({manifest} is absent)")
     out = tmp_path / "eval"
     args = ["eval-tts", "--ar", "tiny", "--nar", "tiny", "--codec", "tiny-16k", "--sentences", "1",
-            "--references", "2", "--max-frames-per-phoneme", "2", "--retries", "0", "--threads", "1",
+            "--references", "1", "--max-frames-per-phoneme", "2", "--retries", "0", "--threads", "1",
             "--manifest", str(manifest), "--out", str(out), "--unseen-speaker", "--no-audio"]
     assert cli_main(args) == 0
     printed = capsys.readouterr().out
     label = "unseen: fsdd_yweweler (zero-shot)"
-    assert f"| {label} | TTS (tiny-16k) | 1 |" in printed and f"| {label} | real recordings | 2 |" in printed
+    assert f"| {label} | TTS (tiny-16k) | 1 |" in printed and f"| {label} | real recordings | 1 |" in printed
     info = json.loads((out / "prompts" / "unseen-fsdd_yweweler.json").read_text())
     assert 3.5 <= info["seconds"] <= 5.0 and set(info["transcript"].split()) <= set(DIGITS)
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     real = [r for r in rows if r["type"] == "utterance" and r["system"] == "real"]
-    prompt_files = {Path(f).name for f in info["files"]}
-    assert len(real) == 2 and all("_yweweler_" in r["file"] and Path(r["file"]).name not in prompt_files for r in real)
+    assert [Path(r["file"]).name for r in real] == [r["file"] for r in info["references"]]
+    used = [Path(f).name for f in info["files"] + [f for r in info["references"] for f in r["files"]]]
+    assert len(used) == len(set(used)) and all("_yweweler_" in name for name in used)  # no recording twice
+    for r in real:  # digit sequences, long enough for a speaker embedding
+        assert set(r["text"].split()) <= set(DIGITS) and r["seconds"] >= 3.0 and r["similarity"] > 0.5
     assert all(r["voice"] == label for r in rows if r["type"] in ("utterance", "summary"))
     assert not [r for r in rows if r["type"] == "target"]
     markdown = (out / "results.md").read_text()

@@ -39,8 +39,10 @@ Zero-shot prompts (no target yet; their numbers are reported, not compared with 
   digit recordings in a fixed order, each resampled to 16 kHz, its silent ends trimmed and its
   level set to -24 dBFS, joined with 0.15 s gaps until 3.5-5 s, transcript the digit words
   ("seven three nine ..."); it is saved as ``prompts/unseen-<speaker>.flac`` (+ ``.json``) in
-  ``--out``. The reference rows use that speaker's other digit recordings (isolated words: their
-  WER is not comparable with the sentences').
+  ``--out``. Single digits are too short for a speaker embedding, so the reference rows use up
+  to ``--references`` sequences of that speaker's other digit recordings joined the same way
+  (``prompts/unseen-<speaker>-ref-NN.flac``; digit sequences: their WER is not comparable with
+  the sentences').
 
 Built-in voices default to ``kathleen`` only when neither ``--prompt`` nor ``--unseen-speaker``
 is given. ``results.md`` has a "Rows" section saying what every row is.
@@ -247,8 +249,8 @@ def reference_recordings(manifest: Path, speaker: str, limit: int, exclude: str 
 
 
 DIGIT_ORDER = ("seven", "three", "nine", "one", "five", "zero", "eight", "two", "six", "four")
-PROMPT_GAP = 0.15  # seconds of silence between the digits of the unseen speaker's prompt
-PROMPT_SECONDS = (3.5, 5.0)  # digits are added until the prompt is at least 3.5 s, never past 5 s
+PROMPT_GAP = 0.15  # seconds of silence between the joined digit recordings of the unseen speaker
+PROMPT_SECONDS = (3.5, 5.0)  # digits are added until a sequence is at least 3.5 s, never past 5 s
 
 
 def unseen_speaker() -> str:
@@ -258,36 +260,18 @@ def unseen_speaker() -> str:
     return min(UNSEEN_SPEAKERS)
 
 
-def build_unseen_prompt(manifest: Path, folder: Path, speaker: str | None = None,
-                        sample_rate: int = EVAL_RATE) -> tuple[Path, str, list[Path]]:
-    """Write a 3.5-5 s prompt of the unseen speaker's digit recordings; returns ``(flac path,
-    transcript, source files)``.
-
-    Recordings of ``speaker`` (default :func:`unseen_speaker`) in the manifest's ``unseen``
-    split, by digit in :data:`DIGIT_ORDER` (the first of each digit, sorted by path, then the
-    second, ...): resampled to ``sample_rate``, silent ends trimmed (20 ms kept), level set to
-    -24 dBFS, joined with :data:`PROMPT_GAP` s gaps. Written as ``folder/unseen-<speaker>.flac``
-    with a ``.json`` beside it (transcript, speaker, source files)."""
-    from codec.audio import load_audio, write_audio
-    from codec.data import read_manifest, select_split
-    from codec.errors import AudioError, TokenwaveError
+def join_digits(recordings: list, sample_rate: int = EVAL_RATE) -> tuple[np.ndarray, list[str], list[Path]]:
+    """``recordings`` (one spoken word each) joined in order into ``[N]`` at ``sample_rate``:
+    each resampled, silent ends trimmed (20 ms kept), level set to -24 dBFS, :data:`PROMPT_GAP` s
+    apart; recordings are added until :data:`PROMPT_SECONDS` (3.5 s, never past 5 s). Returns the
+    audio, its words and the files used (unreadable files are skipped)."""
+    from codec.audio import load_audio
+    from codec.errors import AudioError
     from tts.synthesizer import set_level, trim_silence
 
-    speaker = speaker or unseen_speaker()
-    try:
-        recordings = [r for r in select_split(read_manifest(manifest), "unseen") if r.speaker == speaker]
-    except TokenwaveError as error:  # unreadable manifest
-        raise TTSError(f"--unseen-speaker: {error}") from None
-    by_digit: dict[str, list] = {}
-    for r in sorted(recordings, key=lambda r: str(r.path)):
-        by_digit.setdefault(r.text.strip().lower(), []).append(r)
-    candidates = [by_digit[d][i] for i in range(max(map(len, by_digit.values()), default=0))
-                  for d in DIGIT_ORDER if i < len(by_digit.get(d, []))]
-    if not candidates:
-        raise TTSError(f"no digit recordings of the unseen speaker {speaker!r} in {manifest}")
     gap = np.zeros(round(PROMPT_GAP * sample_rate), np.float32)
     pieces, words, files, total = [], [], [], 0.0
-    for recording in candidates:
+    for recording in recordings:
         try:
             wav, _ = load_audio(recording.path, sample_rate)
         except AudioError:
@@ -302,16 +286,73 @@ def build_unseen_prompt(manifest: Path, folder: Path, speaker: str | None = None
         total += seconds
         if total >= PROMPT_SECONDS[0]:
             break
-    if total < 3.0:
-        raise TTSError(f"only {total:.1f} s of readable recordings of {speaker!r} in {manifest}; a prompt needs 3 s")
+    return (np.concatenate(pieces) if pieces else np.zeros(0, np.float32)), words, files
+
+
+@dataclass
+class UnseenPrompt:
+    """:func:`build_unseen_prompt`'s result: the prompt file, its transcript and source files,
+    and the reference recordings (joined digit sequences, written beside it)."""
+
+    path: Path
+    transcript: str
+    files: list[Path]
+    references: list  # codec.data.Recording of each written reference sequence
+
+
+def build_unseen_prompt(manifest: Path, folder: Path, speaker: str | None = None, references: int = 0,
+                        sample_rate: int = EVAL_RATE) -> UnseenPrompt:
+    """A 3.5-5 s prompt of the unseen speaker, and up to ``references`` reference sequences.
+
+    The speaker's (default :func:`unseen_speaker`) recordings in the manifest's ``unseen`` split
+    are single spoken digits (FSDD, about 0.4 s at 8 kHz): too short for Resemblyzer, so the
+    prompt and the references are sequences of them (:func:`join_digits`). Take ``j`` is the
+    ``j``-th recording (sorted by path) of every digit, in :data:`DIGIT_ORDER` rotated by
+    ``3 j``; the prompt is take 0, the references are takes spread evenly over the others (no
+    recording in two sequences). Written to ``folder``: ``unseen-<speaker>.flac`` (prompt),
+    ``unseen-<speaker>-ref-NN.flac`` (references) and ``unseen-<speaker>.json`` (transcripts and
+    source files)."""
+    from codec.audio import write_audio
+    from codec.data import Recording, read_manifest, select_split
+    from codec.errors import TokenwaveError
+    from codec.evaluate import spread
+
+    speaker = speaker or unseen_speaker()
+    try:
+        recordings = [r for r in select_split(read_manifest(manifest), "unseen") if r.speaker == speaker]
+    except TokenwaveError as error:  # unreadable manifest
+        raise TTSError(f"--unseen-speaker: {error}") from None
+    by_digit: dict[str, list] = {}
+    for r in sorted(recordings, key=lambda r: str(r.path)):
+        by_digit.setdefault(r.text.strip().lower(), []).append(r)
+    count = max((len(by_digit.get(d, [])) for d in DIGIT_ORDER), default=0)
+    takes = [[by_digit[d][j] for d in DIGIT_ORDER[3 * j % 10:] + DIGIT_ORDER[: 3 * j % 10]
+              if j < len(by_digit.get(d, []))] for j in range(count)]
+    if not takes:
+        raise TTSError(f"no digit recordings of the unseen speaker {speaker!r} in {manifest}")
+    wav, words, files = join_digits(takes[0], sample_rate)
+    if len(wav) < 3.0 * sample_rate:
+        raise TTSError(f"only {len(wav) / sample_rate:.1f} s of readable digit recordings of {speaker!r} in "
+                       f"{manifest}; a prompt needs 3 s")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"unseen-{speaker}.flac"
-    write_audio(path, np.concatenate(pieces)[None], sample_rate)
-    transcript = " ".join(words)
-    info = {"speaker": speaker, "split": "unseen", "transcript": transcript, "seconds": round(total, 3),
-            "gap_seconds": PROMPT_GAP, "files": [str(f) for f in files]}
+    write_audio(path, wav[None], sample_rate)
+    info = {"speaker": speaker, "split": "unseen", "transcript": " ".join(words),
+            "seconds": round(len(wav) / sample_rate, 3), "gap_seconds": PROMPT_GAP,
+            "files": [str(f) for f in files], "references": []}
+    refs = []
+    for j in spread(list(range(1, len(takes))), references):
+        ref, ref_words, ref_files = join_digits(takes[j], sample_rate)
+        if not len(ref):
+            continue
+        ref_path = folder / f"unseen-{speaker}-ref-{j:02d}.flac"
+        write_audio(ref_path, ref[None], sample_rate)
+        refs.append(Recording(ref_path, speaker, " ".join(ref_words)))
+        info["references"].append({"file": ref_path.name, "transcript": " ".join(ref_words),
+                                   "seconds": round(len(ref) / sample_rate, 3),
+                                   "files": [str(f) for f in ref_files]})
     _write_text(path.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
-    return path, transcript, files
+    return UnseenPrompt(path, " ".join(words), files, refs)
 
 
 @dataclass
@@ -327,7 +368,8 @@ class Entry:
     exclude: frozenset = frozenset()  # file names never used as references (the prompt's own)
     split: str | None = "dev"  # split of the reference recordings (None: any)
     kind: str = "voice"  # "voice" (built-in), "prompt" (--prompt) or "unseen" (--unseen-speaker)
-    sources: tuple = ()  # --unseen-speaker: the recordings the prompt is made of
+    sources: tuple = ()  # --unseen-speaker: the recordings the prompt is made of ...
+    references: tuple = ()  # ... and its reference recordings (used instead of the manifest's)
     prompt_seconds: float = 0.0  # of the prepared prompt, once known
 
     @property
@@ -469,14 +511,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--voice", action="append",
                         help="built-in voice to evaluate (repeatable; default kathleen unless --prompt or "
                              "--unseen-speaker is given)")
-    parser.add_argument("--prompt", metavar="WAV", help="also evaluate this recording as a zero-shot voice prompt")
+    parser.add_argument("--prompt", metavar="WAV",
+                        help="evaluate this recording (any format) as a zero-shot voice prompt")
     parser.add_argument("--prompt-text", help="with --prompt: its transcript (default: transcribed by pocketsphinx)")
-    parser.add_argument("--prompt-name", help="with --prompt: its name in the tables (default: the file name)")
+    parser.add_argument("--prompt-name",
+                        help="with --prompt: its name in the tables (default: the file's stem)")
     parser.add_argument("--reference-speaker", metavar="SPEAKER",
                         help="with --prompt: manifest speaker whose real recordings (any split) give the reference rows")
     parser.add_argument("--unseen-speaker", action="store_true",
-                        help="also evaluate a zero-shot prompt of the unseen speaker (fsdd_yweweler, never trained "
-                             "on): 3.5-5 s of their digit recordings from --manifest; the others are references")
+                        help="evaluate a zero-shot prompt of the unseen speaker (fsdd_yweweler, never "
+                             "trained on): 3.5-5 s of their digit recordings from --manifest; sequences of "
+                             "their other digit recordings are the references")
     parser.add_argument("--sentences", type=int, default=100, help="how many test sentences (default 100)")
     parser.add_argument("--sentence-file", default=str(SENTENCES_FILE),
                         help="one sentence per line, '#' comments (default: tts/eval_sentences.txt)")
@@ -547,10 +592,10 @@ def _entries(args, manifest: Path, out: Path) -> list[Entry]:
         if not manifest.is_file():
             raise TTSError(f"--unseen-speaker needs the manifest {manifest} (not found; see --manifest)")
         speaker = unseen_speaker()
-        path, transcript, files = build_unseen_prompt(manifest, out / "prompts", speaker)
-        entries.append(Entry(f"unseen: {speaker} (zero-shot)", f"unseen-{speaker}", prompt=path,
-                             prompt_text=transcript, speaker=speaker, exclude=frozenset(f.name for f in files),
-                             split="unseen", kind="unseen", sources=tuple(files)))
+        built = build_unseen_prompt(manifest, out / "prompts", speaker, args.references)
+        entries.append(Entry(f"unseen: {speaker} (zero-shot)", f"unseen-{speaker}", prompt=built.path,
+                             prompt_text=built.transcript, speaker=speaker, split="unseen", kind="unseen",
+                             sources=tuple(built.files), references=tuple(built.references)))
     return entries
 
 
@@ -572,8 +617,9 @@ def _describe(entry: Entry, prompt, references: int, sentences: int, n_codebooks
                 f"codec or the LMs): {len(entry.sources)} of their FSDD digit recordings (8 kHz, resampled to "
                 f"16 kHz) joined with {PROMPT_GAP:g} s gaps into `{entry.prompt.relative_to(out)}` "
                 f"({prompt.seconds:.1f} s, {text}); no target yet.")
-        where = (f"{references} other digit recording(s) of `{entry.speaker}` (single words: their WER is not "
-                 "comparable with the sentences')")
+        where = (f"{references} sequence(s) of 3.5-5 s of `{entry.speaker}`'s other digit recordings joined "
+                 f"the same way (`prompts/unseen-{entry.speaker}-ref-NN.flac`; digit sequences: their WER is "
+                 "not comparable with the sentences')")
     rows = f"TTS row: the {sentences} test sentence(s) synthesised with this prompt."
     if references:
         rows += (f" Real recordings: {where}, similarity of each to the prompt (real-real). Codec round trip: "
@@ -643,13 +689,13 @@ def main(args) -> int:
                 write_audio(folder / f"{i:03d}.flac", result.audio[None], result.sample_rate)
             rows.append(row)
             bar.update(1)
-        recordings = []
-        if args.references and manifest.is_file() and entry.speaker:
+        recordings = list(entry.references)
+        if args.references and manifest.is_file() and entry.speaker and not recordings:
             recordings = reference_recordings(manifest, entry.speaker, args.references, entry.exclude, entry.split)
             if not recordings:
                 log(f"note: no {entry.split or 'any'}-split recordings of speaker {entry.speaker!r} in {manifest}; "
                     "no reference rows")
-            rows += _reference_rows(synth, scorer, entry.name, recordings, prompt_embedding, log)
+        rows += _reference_rows(synth, scorer, entry.name, recordings, prompt_embedding, log)
         references = len([r for r in rows if r["voice"] == entry.name and r["system"] == "real"])
         described.append((entry.name, _describe(entry, prompt, references, len(sentences), synth.n_codebooks, out)))
         entry.prompt_seconds = prompt.seconds
