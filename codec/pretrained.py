@@ -57,6 +57,7 @@ def save_pretrained(model: CodecModel, directory: str | Path, extra: dict | None
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     tmp = directory / (WEIGHTS_FILE + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt", "model": model.config.name})
+    os.chmod(tmp, 0o644)  # safetensors creates the file readable by its owner only
     os.replace(tmp, directory / WEIGHTS_FILE)
     config = model.config.to_dict() | {"weights_sha256": file_sha256(directory / WEIGHTS_FILE)} | (extra or {})
     tmp = directory / (CONFIG_FILE + ".tmp")

@@ -63,6 +63,7 @@ def save_lm(
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     tmp = folder / (WEIGHTS_FILE + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt", "kind": model.kind})
+    os.chmod(tmp, 0o644)  # safetensors creates the file readable by its owner only
     os.replace(tmp, folder / WEIGHTS_FILE)
     config = {
         "format": FORMAT,
