@@ -56,7 +56,8 @@ def save_pretrained(model: CodecModel, directory: str | Path, extra: dict | None
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     tmp = directory / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "model": model.config.name})
+    # One metadata key: safetensors writes several in a per-process order (hash not reproducible).
+    save_file(state, str(tmp), metadata={"format": "pt"})
     os.chmod(tmp, 0o644)  # safetensors creates the file readable by its owner only
     os.replace(tmp, directory / WEIGHTS_FILE)
     config = model.config.to_dict() | {"weights_sha256": file_sha256(directory / WEIGHTS_FILE)} | (extra or {})

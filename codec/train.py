@@ -283,9 +283,10 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
                 _check_codebooks_agree(model, distributed, device)
                 if main:
+                    # Export first: it recounts code_counts, which the checkpoint then holds too.
+                    export(model, train_set, out_dir / "export", step + 1)
                     save_checkpoint(out_dir, step + 1, model, optimizer, codec_config,
                                     discriminator=discriminator, discriminator_optimizer=d_optimizer)
-                    export(model, train_set, out_dir / "export", step + 1)
                 distributed.barrier()  # the others wait for the checkpoint and the export
     return out_dir / "export"
 

@@ -62,7 +62,8 @@ def save_lm(
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     tmp = folder / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "kind": model.kind})
+    # One metadata key: safetensors writes several in a per-process order (hash not reproducible).
+    save_file(state, str(tmp), metadata={"format": "pt"})
     os.chmod(tmp, 0o644)  # safetensors creates the file readable by its owner only
     os.replace(tmp, folder / WEIGHTS_FILE)
     config = {
