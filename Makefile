@@ -26,13 +26,17 @@ install-dev: $(VENV)/.installed-dev
 
 DEMO_INPUT ?= weights/samples/kathleen_arctic_a0001.flac
 
-## The main job on the shipped defaults: compress a recording to a token file and back.
+DEMO_TEXT ?= Tokenwave turns audio into tokens, and tokens back into speech.
+
+## The main jobs on the shipped defaults: compress a recording to a token file and back, and
+## speak a sentence with a built-in voice. Offline: everything comes from weights/.
 demo: install
 	mkdir -p out
 	$(VENV)/bin/tokenwave compress $(DEMO_INPUT) -o out/demo.tok --bitrate 6 --force
 	$(VENV)/bin/tokenwave info out/demo.tok
 	$(VENV)/bin/tokenwave decompress out/demo.tok -o out/demo.wav --force
-	@echo "listen: out/demo.wav (original: $(DEMO_INPUT))"
+	$(VENV)/bin/tokenwave speak "$(DEMO_TEXT)" --voice kathleen --seed 0 -o out/speak.wav --force
+	@echo "listen: out/demo.wav (original: $(DEMO_INPUT)) and out/speak.wav (text to speech)"
 
 $(VENV)/.installed-demo: pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(PIP) -e ".[demo,hf]"
