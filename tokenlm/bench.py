@@ -40,7 +40,8 @@ CONTEXT_STEPS = 10
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model-dir", help="folder with ar/ and nar/ LM exports, or one export (default: random models)"
+        "--model-dir", help="folder with ar/ and nar/ (or lm-ar/ and lm-nar/, as weights/) LM exports, or one export "
+        "(default: random models of the default size)"
     )
     parser.add_argument(
         "--seconds", type=float, default=10.0, help="seconds of speech to generate (default 10)"
@@ -80,12 +81,13 @@ def load_models(model_dir: str | None, config: LMConfig | None = None) -> tuple[
     found: dict = {}
     if model_dir:
         root = Path(model_dir)
-        folders = [root] if (root / CONFIG_FILE).is_file() else [root / "ar", root / "nar"]
+        folders = ([root] if (root / CONFIG_FILE).is_file()
+                   else [root / "ar", root / "nar", root / "lm-ar", root / "lm-nar"])
         for folder in folders:
             if (folder / CONFIG_FILE).is_file():
                 found[read_lm_info(folder)["kind"]] = load_lm(folder)[0]
         if not found:
-            raise LMError(f"no LM export (config.json + model.safetensors) in {model_dir} or its ar/, nar/")
+            raise LMError(f"no LM export (config.json + model.safetensors) in {model_dir} or its ar/, nar/, lm-ar/, lm-nar/")
     torch.manual_seed(0)
     config = config or LMConfig()
     ar = found.get("ar") or ARModel(config).eval()
