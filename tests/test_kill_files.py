@@ -64,8 +64,15 @@ def run_forked(action, delay: float | None = None) -> int:
     pid = os.fork()
     if pid == 0:  # the child: never return into pytest
         try:
-            import torch
+            import threading
 
+            import torch
+            from tqdm import tqdm
+
+            # tqdm's default write lock holds a multiprocessing semaphore that a forked child shares
+            # with its parent: a child killed while holding it would block the parent's next progress
+            # bar forever. The child gets a lock of its own.
+            tqdm.set_lock(threading.RLock())
             torch.set_num_threads(1)
             action()
             os._exit(0)
