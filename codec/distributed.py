@@ -101,6 +101,18 @@ def setup_device_and_job(device_name: str) -> tuple[torch.device, Distributed]:
     return device, setup_distributed(device)
 
 
+def run_training_job(train, config):
+    """``train(config, device, distributed)`` in this process's place of the job (torch threads from
+    ``config.threads``, device from ``config.device``); the process group is closed afterwards."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device, distributed = setup_device_and_job(config.device)
+    try:
+        return train(config, device, distributed)
+    finally:
+        distributed.close()
+
+
 def no_buffer_broadcast() -> dict:
     """DDP option that stops it copying rank 0's buffers to the others before every forward pass
     (for buffers that every process updates identically itself, e.g. the codec's codebooks; newer

@@ -69,7 +69,7 @@ from codec.checkpoints import RunLog, summary_writer, warmup_cosine
 from codec.config import CodecConfig
 from codec.data import AudioCorpus, read_manifest, select_split, step_rng
 from codec.discriminator import MultiScaleSTFTDiscriminator
-from codec.distributed import Distributed, no_buffer_broadcast, setup_device_and_job, wrap_ddp
+from codec.distributed import Distributed, no_buffer_broadcast, run_training_job, wrap_ddp
 from codec.errors import TokenwaveError
 from codec.losses import SpectralLoss, discriminator_loss, feature_matching_loss, generator_adversarial_loss
 from codec.model import CodecModel
@@ -190,13 +190,7 @@ def evaluate(model: CodecModel, dev_batch: torch.Tensor, loss_fn: SpectralLoss, 
 
 def train_codec(config: TrainConfig) -> Path:
     """Train (or resume) and return the export folder (in every process of a torchrun job)."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device, distributed = setup_device_and_job(config.device)
-    try:
-        return _train(config, device, distributed)
-    finally:
-        distributed.close()
+    return run_training_job(_train, config)
 
 
 def _train(config: TrainConfig, device: torch.device, distributed: Distributed) -> Path:

@@ -4,46 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lm_helpers import NPH, K, V, lively, tiny_config
 
 from tokenlm.ar import ARModel
-from tokenlm.config import LMConfig
 from tokenlm.errors import LMError
 from tokenlm.generate import generate_ar, length_limits, nar_fill
 from tokenlm.nar import NARModel
 from tokenlm.sampling import SamplingConfig
 
-V, K, NPH = 32, 4, 40
 GREEDY = SamplingConfig(temperature=0)
-
-
-def tiny_config(**changes) -> LMConfig:
-    return LMConfig(
-        **(
-            {
-                "d_model": 32,
-                "n_layers": 2,
-                "n_heads": 2,
-                "ff_mult": 2,
-                "dropout": 0.0,
-                "n_phonemes": NPH,
-                "codebook_size": V,
-                "n_codebooks": K,
-                "max_phonemes": 64,
-                "max_frames": 80,
-            }
-            | changes
-        )
-    )
-
-
-def lively(model):
-    """Larger random weights than the training initialisation, so that outputs depend strongly on
-    positions and context (a freshly initialised model repeats one token, which would hide bugs)."""
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, (3.0 if "emb" in name else 1.5) / param.shape[1] ** 0.5)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from lm_helpers import NPH, K, V, lively, tiny_config
 
 from tokenlm.ar import ARModel, ar_loss, ar_targets
 from tokenlm.batch import LMBatch, collate, random_prompt_lengths, split_prompt
@@ -15,38 +16,6 @@ from tokenlm.config import LMConfig
 from tokenlm.errors import LMError
 from tokenlm.nar import NARModel, nar_loss
 from tokenlm.transformer import KVCache
-
-V, K, NPH = 32, 4, 40
-
-
-def tiny_config(**changes) -> LMConfig:
-    return LMConfig(
-        **(
-            {
-                "d_model": 32,
-                "n_layers": 2,
-                "n_heads": 2,
-                "ff_mult": 2,
-                "dropout": 0.0,
-                "n_phonemes": NPH,
-                "codebook_size": V,
-                "n_codebooks": K,
-                "max_phonemes": 64,
-                "max_frames": 80,
-            }
-            | changes
-        )
-    )
-
-
-def lively(model):
-    """Larger random weights than the training initialisation, so outputs depend strongly on
-    positions and context (small initial weights would hide masking bugs)."""
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, (3.0 if "emb" in name else 1.5) / param.shape[1] ** 0.5)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

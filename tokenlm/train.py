@@ -55,7 +55,7 @@ from tqdm import tqdm
 
 from codec import checkpoints
 from codec.checkpoints import RunLog, warmup_cosine
-from codec.distributed import Distributed, setup_device_and_job, wrap_ddp
+from codec.distributed import Distributed, run_training_job, wrap_ddp
 from tokenlm.ar import ARModel, ar_loss
 from tokenlm.batch import LMBatch, collate
 from tokenlm.config import LMConfig
@@ -214,13 +214,7 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 def train_lm(config: TrainLMConfig) -> Path:
     """Train (or resume) and return the export folder (in every process of a torchrun job)."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device, distributed = setup_device_and_job(config.device)
-    try:
-        return _train(config, device, distributed)
-    finally:
-        distributed.close()
+    return run_training_job(_train, config)
 
 
 def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed) -> Path:
