@@ -258,7 +258,7 @@ def baseline_systems(log) -> list[System]:
 # Scoring and summaries
 
 
-def _clean(value):
+def json_safe(value):
     """JSON-safe: NaN/Inf -> None, numpy scalars -> Python numbers."""
     if isinstance(value, (float, np.floating)):
         value = float(value)
@@ -418,7 +418,8 @@ def plot_quality(summaries: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a hidden temporary file beside ``path``, then rename it into place."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
@@ -527,10 +528,10 @@ def main_eval(args) -> int:
               + (f", limit {args.limit}" if args.limit else ""),
               f"{scored} recording(s) scored, {seconds:.1f} s of audio" + (f"; {len(errors)} failure(s)" if errors else "")]
     out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "results.jsonl",
-                "".join(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n" for row in rows + summaries + errors)
+    write_text_atomic(out / "results.jsonl",
+                "".join(json.dumps({k: json_safe(v) for k, v in row.items()}) + "\n" for row in rows + summaries + errors)
                 + "".join(json.dumps(row) + "\n" for row in codebooks))
-    _write_text(out / "results.md", results_markdown(summaries, codebooks, header))
+    write_text_atomic(out / "results.md", results_markdown(summaries, codebooks, header))
     plot_quality(summaries, out / "quality_vs_bitrate.png")
 
     print(results_markdown(summaries, [], header).split("\n## Definitions")[0].rstrip())

@@ -50,8 +50,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_pretrained(model: CodecModel, directory: str | Path, extra: dict | None = None) -> Path:
-    """Write ``model.safetensors`` (float16) and ``config.json`` into ``directory``."""
+def write_weights(model: torch.nn.Module, directory: str | Path, config: dict) -> Path:
+    """Write ``model``'s state as ``model.safetensors`` (float16) and ``config`` plus the weights'
+    ``weights_sha256`` as ``config.json`` into ``directory``, each file atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
@@ -60,11 +61,16 @@ def save_pretrained(model: CodecModel, directory: str | Path, extra: dict | None
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.chmod(tmp, 0o644)  # safetensors creates the file readable by its owner only
     os.replace(tmp, directory / WEIGHTS_FILE)
-    config = model.config.to_dict() | {"weights_sha256": file_sha256(directory / WEIGHTS_FILE)} | (extra or {})
+    config = config | {"weights_sha256": file_sha256(directory / WEIGHTS_FILE)}
     tmp = directory / (CONFIG_FILE + ".tmp")
     tmp.write_text(json.dumps(config, indent=2) + "\n")
     os.replace(tmp, directory / CONFIG_FILE)
     return directory
+
+
+def save_pretrained(model: CodecModel, directory: str | Path, extra: dict | None = None) -> Path:
+    """Write ``model.safetensors`` (float16) and ``config.json`` into ``directory``."""
+    return write_weights(model, directory, model.config.to_dict() | (extra or {}))
 
 
 def verify_weights(weights: Path, expected, config_path: Path) -> None:

@@ -12,15 +12,14 @@ The hash is checked on load, so a tampered or truncated weights file is refused 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from codec.pretrained import file_sha256, write_weights
 from tokenlm.ar import ARModel
 from tokenlm.config import LMConfig
 from tokenlm.errors import LMError
@@ -30,14 +29,6 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT = "tokenwave-lm"
 MODELS = {"ar": ARModel, "nar": NARModel}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _vocab_dict(vocab) -> dict:
@@ -58,27 +49,15 @@ def save_lm(
     """
     if getattr(model, "kind", None) not in MODELS:
         raise LMError("save_lm needs an ARModel or a NARModel")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
-    tmp = folder / (WEIGHTS_FILE + ".tmp")
-    # One metadata key: safetensors writes several in a per-process order (hash not reproducible).
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.chmod(tmp, 0o644)  # safetensors creates the file readable by its owner only
-    os.replace(tmp, folder / WEIGHTS_FILE)
     config = {
         "format": FORMAT,
         "kind": model.kind,
         "lm": model.config.to_dict(),
         "vocab": _vocab_dict(vocab),
         "codec": dict(codec or {}),
-        "weights_sha256": _sha256(folder / WEIGHTS_FILE),
         "extra": dict(extra or {}),
     }
-    tmp = folder / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, folder / CONFIG_FILE)
-    return folder
+    return write_weights(model, folder, config)
 
 
 def read_lm_info(folder: str | Path) -> dict:
@@ -117,7 +96,7 @@ def load_lm(folder: str | Path, kind: str | None = None, device: str | torch.dev
     if kind is not None and info["kind"] != kind:
         raise LMError(f"{folder} holds a {info['kind']} model, a {kind} model is needed")
     weights = folder / WEIGHTS_FILE
-    if _sha256(weights) != info["weights_sha256"]:
+    if file_sha256(weights) != info["weights_sha256"]:
         raise LMError(
             f"{weights} does not match the sha256 in {folder / CONFIG_FILE}: "
             "the file is corrupted or was changed"

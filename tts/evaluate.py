@@ -68,6 +68,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from codec.evaluate import json_safe, write_text_atomic
 from tts.errors import TTSError
 
 SENTENCES_FILE = Path(__file__).resolve().parent / "eval_sentences.txt"
@@ -351,7 +352,7 @@ def build_unseen_prompt(manifest: Path, folder: Path, speaker: str | None = None
         info["references"].append({"file": ref_path.name, "transcript": " ".join(ref_words),
                                    "seconds": round(len(ref) / sample_rate, 3),
                                    "files": [str(f) for f in ref_files]})
-    _write_text(path.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
+    write_text_atomic(path.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
     return UnseenPrompt(path, " ".join(words), files, refs)
 
 
@@ -425,15 +426,6 @@ def summarise(rows: list[dict]) -> dict:
     return summary
 
 
-def _clean(value):
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def _fmt(value, digits: int, percent: bool = False) -> str:
     if value is None or not math.isfinite(value):
         return "n/a"
@@ -495,12 +487,6 @@ def results_markdown(summaries: list[dict], targets: list[dict], header: list[st
               "recordings never trained on; of zero-shot prompts: the recordings named in the Rows section.",
               ""]
     return "\n".join(lines)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -723,10 +709,10 @@ def main(args) -> int:
                f"{speed['asr_rtf']:.2f}), Resemblyzer {speed['embed_seconds_per_utterance']:.3f} s per utterance")
     header = [models, inputs, scorers]
     out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "results.jsonl", "".join(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n"
+    write_text_atomic(out / "results.jsonl", "".join(json.dumps({k: json_safe(v) for k, v in row.items()}) + "\n"
                                                for row in rows + summaries + targets + [speed]))
     markdown = results_markdown(summaries, targets, header, described)
-    _write_text(out / "results.md", markdown)
+    write_text_atomic(out / "results.md", markdown)
     print(markdown.split("\n## Rows")[0].split("\n## Definitions")[0].rstrip())
     print(f"\nwritten: {', '.join(str(out / name) for name in RESULT_FILES)}")
     return 0
