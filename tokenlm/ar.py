@@ -13,6 +13,14 @@ RoPE positions are contiguous per row: phoneme j at j, audio input t at ``P + t`
 Batches are right-padded in two blocks, ``[phonemes padded to P_max][audio padded to T+1]``;
 per-row positions and a key padding mask make each row compute exactly what it would alone.
 Rows with ``phoneme_lengths == 0`` are text-free (continuation of audio alone).
+
+Guided attention (Tachibana et al., 2017, "Efficiently trainable text-to-speech ... with
+guided attention"): a decoder-only LM must discover on its own which phoneme each frame is
+saying, and on a few hours of speech that takes far longer than our compute allows. The
+optional term of :func:`ar_loss` pushes one head per block (its audio-to-phoneme attention,
+renormalised over the phonemes) towards the diagonal ``j / P ~ t / T`` that speech follows,
+with the penalty ``1 - exp(-(j/P - t/T)^2 / (2 sigma^2))``. It shapes training only; the
+model and generation are unchanged.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from torch import nn
 from codec.hub import LMHubMixin
 from tokenlm.batch import LMBatch
 from tokenlm.config import LMConfig
-from tokenlm.transformer import Transformer, attention_mask, init_weights, padding_mask
+from tokenlm.transformer import AttentionProbe, Transformer, attention_mask, init_weights, padding_mask
 
 
 class ARModel(nn.Module, LMHubMixin):
@@ -53,6 +61,7 @@ class ARModel(nn.Module, LMHubMixin):
         phoneme_lengths: torch.Tensor,
         codes: torch.Tensor,
         code_lengths: torch.Tensor,
+        probe: AttentionProbe | None = None,
     ) -> torch.Tensor:
         B, P = phonemes.shape
         T = codes.shape[1]
@@ -70,7 +79,7 @@ class ARModel(nn.Module, LMHubMixin):
         key_valid = torch.cat(
             [padding_mask(phoneme_lengths, P), padding_mask(code_lengths + 1, T + 1)], dim=1
         )
-        h = self.transformer(x, positions, attention_mask(key_valid, causal=True))
+        h = self.transformer(x, positions, attention_mask(key_valid, causal=True), probe=probe)
         return self.head(h[:, P:])
 
     def logits_last(self, h: torch.Tensor) -> torch.Tensor:
@@ -91,24 +100,63 @@ def ar_targets(
     return torch.where(positions > code_lengths[:, None], torch.full_like(targets, ignore_index), targets)
 
 
-def ar_loss(model: ARModel, batch: LMBatch) -> tuple[torch.Tensor, dict]:
-    """Cross-entropy over the first codebook layer (codes and eos) of ``batch``.
+def guided_attention_loss(
+    scores: torch.Tensor, phoneme_lengths: torch.Tensor, query_lengths: torch.Tensor, sigma: float
+) -> torch.Tensor:
+    """Mean diagonal penalty of audio-to-phoneme attention.
 
-    Returns ``(loss, {"loss", "accuracy", "eos_accuracy", "tokens"})`` (metrics as floats).
-    For text-free training set some rows' ``phoneme_lengths`` to 0.
+    ``scores [B, H, Tq, P]`` (pre-softmax, queries = audio inputs, keys = phonemes),
+    ``phoneme_lengths [B]``, ``query_lengths [B]`` -> a scalar: the expected penalty
+    ``1 - exp(-(j/P - t/Tq)^2 / (2 sigma^2))`` under each query's softmax over its real phonemes,
+    averaged over real queries of rows with text (0 when no row has text).
+    """
+    B, H, Tq, P = scores.shape
+    device = scores.device
+    key_valid = padding_mask(phoneme_lengths, P)  # [B, P]
+    probs = scores.float().masked_fill(~key_valid[:, None, None, :], -1e4).softmax(-1)
+    t = (torch.arange(Tq, device=device)[None, :] + 0.5) / query_lengths.clamp(min=1)[:, None]  # [B, Tq]
+    j = (torch.arange(P, device=device)[None, :] + 0.5) / phoneme_lengths.clamp(min=1)[:, None]  # [B, P]
+    penalty = 1.0 - torch.exp(-((j[:, None, :] - t[:, :, None]) ** 2) / (2 * sigma**2))  # [B, Tq, P]
+    per_query = (probs * penalty[:, None]).sum(-1)  # [B, H, Tq]
+    query_valid = padding_mask(query_lengths, Tq) & (phoneme_lengths > 0)[:, None]  # [B, Tq]
+    count = query_valid.sum() * H
+    return (per_query * query_valid[:, None]).sum() / count.clamp(min=1)
+
+
+def ar_loss(
+    model: ARModel, batch: LMBatch, guided_weight: float = 0.0, guided_sigma: float = 0.2
+) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy over the first codebook layer (codes and eos) of ``batch``, plus
+    ``guided_weight`` times the guided-attention penalty of head 0 of every block.
+
+    Returns ``(loss, {"loss", "accuracy", "eos_accuracy", "tokens"[, "guided"]})`` (metrics as
+    floats; ``loss`` is the cross-entropy alone). For text-free training set some rows'
+    ``phoneme_lengths`` to 0.
     """
     codes = batch.codes[:, 0]
-    logits = model(batch.phonemes, batch.phoneme_lengths, codes, batch.code_lengths)
+    P = batch.phonemes.shape[1]
+    probe = AttentionProbe(heads=1, query_start=P, key_end=P) if guided_weight > 0 else None
+    logits = model(batch.phonemes, batch.phoneme_lengths, codes, batch.code_lengths, probe=probe)
     targets = ar_targets(codes, batch.code_lengths, model.eos)
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+    cross_entropy = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+    loss = cross_entropy
+    guided = None
+    if probe is not None:
+        guided = torch.stack(
+            [guided_attention_loss(s, batch.phoneme_lengths, batch.code_lengths + 1, guided_sigma)
+             for s in probe.scores]
+        ).mean()
+        loss = loss + guided_weight * guided
     with torch.no_grad():
         valid = targets != -100
         correct = (logits.argmax(-1) == targets) & valid
         is_eos = targets == model.eos
         metrics = {
-            "loss": float(loss),
+            "loss": float(cross_entropy),
             "accuracy": float(correct.sum() / valid.sum().clamp(min=1)),
             "eos_accuracy": float((correct & is_eos).sum() / is_eos.sum().clamp(min=1)),
             "tokens": int(valid.sum()),
         }
+        if guided is not None:
+            metrics["guided"] = float(guided)
     return loss, metrics

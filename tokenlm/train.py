@@ -80,6 +80,8 @@ class TrainLMConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     text_free_prob: float = 0.1
+    guided_attention: float = 1.0  # AR: weight of the guided-attention term (0: off)
+    guided_sigma: float = 0.2  # AR: width of the guided-attention diagonal (fraction of the utterance)
     max_seconds: float = 20.0
     n_buckets: int = 10
     checkpoint_every: int = 1000
@@ -104,6 +106,8 @@ class TrainLMConfig:
             "--checkpoint-every, --eval-every and the log interval must be positive":
                 min(self.checkpoint_every, self.eval_every, self.log_every) > 0,
             "--text-free-prob must be in [0, 1]": 0.0 <= self.text_free_prob <= 1.0,
+            "--guided-attention must be >= 0": self.guided_attention >= 0,
+            "--guided-sigma must be positive": self.guided_sigma > 0,
             "--max-seconds must be positive": self.max_seconds > 0,
             f"--precision must be auto, fp32, bf16 or fp16, got {self.precision!r}":
                 self.precision in ("auto", "fp32", "bf16", "fp16"),
@@ -164,19 +168,23 @@ def step_seed(seed: int, step: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + step + rank * 7_919_993_071) % (2**63)
 
 
-def compute_loss(stage: str, model, batch: LMBatch, generator: torch.Generator, layer: int | None = None):
-    """``(loss, metrics)`` of one batch: AR first layer, or NAR (random layer per row, or ``layer``)."""
+def compute_loss(stage: str, model, batch: LMBatch, generator: torch.Generator, layer: int | None = None,
+                 guided: tuple[float, float] = (0.0, 0.2)):
+    """``(loss, metrics)`` of one batch: AR first layer (plus ``guided = (weight, sigma)``
+    attention guidance), or NAR (random layer per row, or ``layer``)."""
     if stage == "ar":
-        return ar_loss(model, batch)
+        return ar_loss(model, batch, *guided)
     return nar_loss(model, batch, generator, stage=layer)
 
 
 @torch.no_grad()
 def evaluate(stage: str, model: torch.nn.Module, dev_batches: list, device: torch.device,
-             amp: torch.dtype | None) -> dict:
+             amp: torch.dtype | None, guided_sigma: float = 0.2) -> dict:
     """Teacher-forced dev accuracy per layer (and loss) on fixed batches.
 
-    AR: ``dev_accuracy_1`` / ``dev_loss_1`` with text, ``dev_accuracy_1_text_free`` without;
+    AR: ``dev_accuracy_1`` / ``dev_loss_1`` with text, ``dev_accuracy_1_text_free`` without,
+    ``dev_guided_1``: the guided-attention penalty (how far head 0 of each block is from the
+    diagonal; about 0.6 for attention spread evenly over the phonemes, lower is more diagonal);
     NAR: ``dev_accuracy_k`` / ``dev_loss_k`` for layers k = 2..K (a fixed random prompt prefix)."""
     was_training = model.training
     model.eval()
@@ -188,19 +196,23 @@ def evaluate(stage: str, model: torch.nn.Module, dev_batches: list, device: torc
     try:
         for name, layer, text_free in runs:
             generator = torch.Generator().manual_seed(1234)  # the same prompts at every evaluation
-            correct = loss_sum = tokens = 0.0
+            correct = loss_sum = guided_sum = tokens = 0.0
+            guide = (1.0 if stage == "ar" and not text_free else 0.0, guided_sigma)
             for rows in dev_batches:
                 if text_free:
                     rows = [dataclasses.replace(row, phonemes=row.phonemes[:0]) for row in rows]
                 batch = collate(rows, 1 if stage == "ar" else K).to(device)
                 with _autocast(device, amp):
-                    _, metrics = compute_loss(stage, model, batch, generator, layer)
+                    _, metrics = compute_loss(stage, model, batch, generator, layer, guide)
                 correct += metrics["accuracy"] * metrics["tokens"]
                 loss_sum += metrics["loss"] * metrics["tokens"]
+                guided_sum += metrics.get("guided", 0.0) * metrics["tokens"]
                 tokens += metrics["tokens"]
             result[f"dev_accuracy_{name}"] = correct / max(tokens, 1)
             if not text_free:
                 result[f"dev_loss_{name}"] = loss_sum / max(tokens, 1)
+            if guide[0] > 0:
+                result[f"dev_guided_{name}"] = guided_sum / max(tokens, 1)
     finally:
         model.train(was_training)
     return result
@@ -310,7 +322,8 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
             torch.manual_seed(seed)  # dropout: the same after a resume, different on each process
             generator = torch.Generator().manual_seed(seed)  # NAR prompt lengths and layers
             with _autocast(device, amp):
-                loss, metrics = compute_loss(config.stage, forward, batch, generator)
+                loss, metrics = compute_loss(config.stage, forward, batch, generator,
+                                             guided=(config.guided_attention, config.guided_sigma))
             tokens = _global_tokens(metrics["tokens"], distributed, device)
             if distributed.enabled:  # the token mean of the global batch, once DDP averages the gradients
                 loss = loss * (metrics["tokens"] * distributed.world_size / max(tokens, 1))
@@ -336,7 +349,7 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
                     bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}",
                                     sps=f"{record['steps_per_s']:.2f}")
             if (step + 1) % config.eval_every == 0 and dev_batches and main:
-                record |= evaluate(config.stage, model, dev_batches, device, amp)
+                record |= evaluate(config.stage, model, dev_batches, device, amp, config.guided_sigma)
                 tqdm.write(json.dumps({"step": step + 1} | {k: round(v, 4) for k, v in record.items()
                                                             if isinstance(v, float)}))
             if record and main:
@@ -384,6 +397,8 @@ class _Window:
 
     def add(self, metrics: dict, global_tokens: int, rows: list, padded_frames: int) -> None:
         self.steps += 1
+        if "guided" in metrics:
+            self.sums.setdefault("guided", 0.0)
         for key in self.sums:
             self.sums[key] += float(metrics[key])
         self.tokens += global_tokens
@@ -427,6 +442,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-free-prob", type=float, default=defaults.text_free_prob,
                         help=f"share of rows trained without their text, for continuation "
                              f"(default {defaults.text_free_prob:g})")
+    parser.add_argument("--guided-attention", type=float, default=defaults.guided_attention,
+                        help=f"AR: weight of the guided-attention term that pulls one head per block towards the "
+                             f"text/audio diagonal (0: off; default {defaults.guided_attention:g})")
+    parser.add_argument("--guided-sigma", type=float, default=defaults.guided_sigma,
+                        help=f"AR: width of that diagonal as a fraction of the utterance (default {defaults.guided_sigma:g})")
     parser.add_argument("--max-seconds", type=float, default=defaults.max_seconds,
                         help=f"longer utterances: skipped when they have text, cropped otherwise "
                              f"(default {defaults.max_seconds:g})")
@@ -449,7 +469,8 @@ def config_from_args(args: argparse.Namespace) -> TrainLMConfig:
     return TrainLMConfig(
         stage=args.stage, shards=args.shards, out_dir=args.out, steps=args.steps, batch_frames=args.batch_frames,
         lr=args.lr, warmup_steps=args.warmup, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
-        log_every=args.log_every, text_free_prob=args.text_free_prob, max_seconds=args.max_seconds, seed=args.seed,
+        log_every=args.log_every, text_free_prob=args.text_free_prob, guided_attention=args.guided_attention,
+        guided_sigma=args.guided_sigma, max_seconds=args.max_seconds, seed=args.seed,
         threads=args.threads, resume=args.resume, device=args.device, precision=args.precision, model=model,
     )
 

@@ -15,6 +15,8 @@
   scale and gate for both sub-layers, applied as ``norm(x) * (1 + scale) + shift`` and
   ``x + (1 + gate) * f(...)`` (zero-initialised, so every block starts as a plain pre-norm
   block); the norms then have no affine parameters of their own.
+- Optional :class:`AttentionProbe`: records the attention scores of a few heads (for the AR's
+  guided-attention loss, which SDPA cannot supply because it never materialises the weights).
 """
 
 from __future__ import annotations
@@ -85,6 +87,22 @@ def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(pairs * rotations).flatten(-2).to(x.dtype)
 
 
+class AttentionProbe:
+    """Records pre-softmax attention scores ``[B, heads, L - query_start, key_end]`` of the first
+    ``heads`` heads in every block, from the queries at ``query_start..`` to the keys ``< key_end``
+    (the AR: audio positions attending to the phoneme block). ``scores[i]`` is block i's."""
+
+    def __init__(self, heads: int, query_start: int, key_end: int):
+        self.heads, self.query_start, self.key_end = heads, query_start, key_end
+        self.scores: list[torch.Tensor] = []
+
+    def record(self, q: torch.Tensor, k: torch.Tensor) -> None:
+        """``q``, ``k``: ``[B, H, L, Dh]`` after RoPE."""
+        q = q[:, : self.heads, self.query_start :]
+        k = k[:, : self.heads, : self.key_end]
+        self.scores.append(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]))
+
+
 class Attention(nn.Module):
     def __init__(self, config: LMConfig):
         super().__init__()
@@ -93,11 +111,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
         self.dropout = config.dropout
 
-    def forward(self, x, rope, mask, cache: KVCache | None, layer: int, causal: bool = False):
+    def forward(self, x, rope, mask, cache: KVCache | None, layer: int, causal: bool = False,
+                probe: AttentionProbe | None = None):
         B, L, D = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(qkv[:2], rope)  # queries and keys rotated together
         v = qkv[2]
+        if probe is not None:
+            probe.record(q, k)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         y = F.scaled_dot_product_attention(
@@ -126,13 +147,13 @@ class Block(nn.Module):
     def drop(self, x: torch.Tensor) -> torch.Tensor:
         return F.dropout(x, self.dropout, training=True) if self.training and self.dropout > 0 else x
 
-    def forward(self, x, rope, mask, cache=None, layer=0, cond=None, causal=False):
+    def forward(self, x, rope, mask, cache=None, layer=0, cond=None, causal=False, probe=None):
         if self.modulation is None:
-            x = x + self.drop(self.attn(self.norm1(x), rope, mask, cache, layer, causal))
+            x = x + self.drop(self.attn(self.norm1(x), rope, mask, cache, layer, causal, probe))
             return x + self.drop(self.mlp(self.norm2(x)))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(cond))[:, None].chunk(6, dim=-1)
         h = self.norm1(x) * (1 + scale1) + shift1
-        x = x + (1 + gate1) * self.drop(self.attn(h, rope, mask, cache, layer, causal))
+        x = x + (1 + gate1) * self.drop(self.attn(h, rope, mask, cache, layer, causal, probe))
         h = self.norm2(x) * (1 + scale2) + shift2
         return x + (1 + gate2) * self.drop(self.mlp(h))
 
@@ -158,15 +179,17 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         cond: torch.Tensor | None = None,
         causal: bool = False,
+        probe: AttentionProbe | None = None,
     ) -> torch.Tensor:
         """``mask``: bool ``[B, 1, L, Lk]`` (True = attend) or None (attend everywhere);
         ``Lk = cache.length + L`` with a cache. ``causal=True`` (only without a mask and with an
-        empty cache) is plain causal attention. ``cond [B, D]`` is required with AdaLN."""
+        empty cache) is plain causal attention. ``cond [B, D]`` is required with AdaLN.
+        ``probe`` records attention scores of every block."""
         if causal and (mask is not None or (cache is not None and cache.length > 0)):
             raise ValueError("causal=True needs mask=None and an empty cache")
         rope = rope_rotations(positions, self.inv_freq)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, mask, cache, i, cond, causal)
+            x = block(x, rope, mask, cache, i, cond, causal, probe)
         if cache is not None:
             cache.advance(x.shape[1])
         x = self.norm(x)
