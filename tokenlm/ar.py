@@ -110,7 +110,7 @@ def guided_attention_loss(
     ``1 - exp(-(j/P - t/Tq)^2 / (2 sigma^2))`` under each query's softmax over its real phonemes,
     averaged over real queries of rows with text (0 when no row has text).
     """
-    B, H, Tq, P = scores.shape
+    _, H, Tq, P = scores.shape
     device = scores.device
     key_valid = padding_mask(phoneme_lengths, P)  # [B, P]
     probs = scores.float().masked_fill(~key_valid[:, None, None, :], -1e4).softmax(-1)
