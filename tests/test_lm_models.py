@@ -245,3 +245,20 @@ def test_rope_depends_only_on_relative_positions():
     torch.testing.assert_close(scores(0), scores(37), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(scores(0), q @ k.transpose(-1, -2), atol=1e-3)  # positions do matter
     torch.testing.assert_close(apply_rope(q, rope_rotations(torch.zeros(1, 5), inv_freq)), q)
+
+
+def test_nar_stage_draws_follow_the_decay():
+    from tokenlm.nar import draw_stages
+
+    uniform = draw_stages(K, 6000, torch.Generator().manual_seed(0))
+    assert uniform.min() == 1 and uniform.max() == K - 1
+    counts = torch.bincount(uniform, minlength=K)[1:].double() / 6000
+    assert (counts - 1 / (K - 1)).abs().max() < 0.03
+    decayed = draw_stages(K, 6000, torch.Generator().manual_seed(0), decay=0.5)
+    counts = torch.bincount(decayed, minlength=K)[1:].double() / 6000
+    expected = torch.tensor([1.0, 0.5, 0.25][: K - 1], dtype=torch.float64)
+    assert (counts - expected / expected.sum()).abs().max() < 0.03
+    with pytest.raises(LMError, match="decay"):
+        draw_stages(K, 4, torch.Generator(), decay=0.0)
+    with pytest.raises(LMError, match="decay"):
+        nar_loss(NARModel(tiny_config()), make_batch(), torch.Generator(), stage_decay=1.5)

@@ -102,18 +102,32 @@ class NARModel(nn.Module, LMHubMixin):
         return torch.bmm(h, out_weight.transpose(1, 2))
 
 
+def draw_stages(K: int, rows: int, rng: torch.Generator, decay: float = 1.0) -> torch.Tensor:
+    """``[rows]`` stages in ``1..K-1``, stage k with probability proportional to ``decay ** (k-1)``
+    (``decay = 1``: uniform)."""
+    if not 0.0 < decay <= 1.0:
+        raise LMError(f"NAR stage decay must be in (0, 1], got {decay}")
+    if decay == 1.0:
+        return torch.randint(1, K, (rows,), generator=rng)
+    weights = torch.tensor(decay, dtype=torch.float64) ** torch.arange(K - 1, dtype=torch.float64)
+    return torch.multinomial(weights, rows, replacement=True, generator=rng) + 1
+
+
 def nar_loss(
     model: NARModel,
     batch: LMBatch,
     rng: torch.Generator,
     stage: int | None = None,
     max_prompt_frames: int = 150,
+    stage_decay: float = 1.0,
 ) -> tuple[torch.Tensor, dict]:
     """Cross-entropy of one NAR stage per row on ``batch`` (whole utterances).
 
     Each row's prompt is a random prefix (uniform length in ``[0, min(max_prompt_frames, T/2)]``),
-    the rest is the target; the stage is uniform in ``1..K-1`` per row, or ``stage`` for all rows
-    (per-layer dev accuracy). ``rng`` is a CPU generator. Returns ``(loss, {"loss", "accuracy",
+    the rest is the target; the stage is drawn per row from ``1..K-1`` with probability
+    proportional to ``stage_decay ** (stage - 1)`` (1.0: uniform, as VALL-E; below 1 the lower
+    layers, which carry most of the intelligibility, are trained more often), or is ``stage``
+    for all rows (per-layer dev accuracy). ``rng`` is a CPU generator. Returns ``(loss, {"loss", "accuracy",
     "tokens"})``.
     """
     K = model.config.n_codebooks
@@ -126,7 +140,7 @@ def nar_loss(
     B = codes.shape[0]
     prompt_lengths = random_prompt_lengths(batch.code_lengths.cpu(), rng, max_prompt_frames).to(device)
     if stage is None:
-        stages = torch.randint(1, K, (B,), generator=rng).to(device)
+        stages = draw_stages(K, B, rng, stage_decay).to(device)
     else:
         stages = torch.full((B,), stage, dtype=torch.long, device=device)
     prompt, prompt_lengths, target, target_lengths = split_prompt(codes, batch.code_lengths, prompt_lengths)

@@ -81,6 +81,7 @@ class TrainLMConfig:
     grad_clip: float = 1.0
     text_free_prob: float = 0.1
     guided_attention: float = 1.0  # AR: weight of the guided-attention term (0: off)
+    nar_stage_decay: float = 1.0  # NAR: stage k drawn with weight decay**(k-1) (1: uniform)
     guided_sigma: float = 0.2  # AR: width of the guided-attention diagonal (fraction of the utterance)
     max_seconds: float = 20.0
     n_buckets: int = 10
@@ -108,6 +109,7 @@ class TrainLMConfig:
             "--text-free-prob must be in [0, 1]": 0.0 <= self.text_free_prob <= 1.0,
             "--guided-attention must be >= 0": self.guided_attention >= 0,
             "--guided-sigma must be positive": self.guided_sigma > 0,
+            "--nar-stage-decay must be in (0, 1]": 0.0 < self.nar_stage_decay <= 1.0,
             "--max-seconds must be positive": self.max_seconds > 0,
             f"--precision must be auto, fp32, bf16 or fp16, got {self.precision!r}":
                 self.precision in ("auto", "fp32", "bf16", "fp16"),
@@ -169,12 +171,12 @@ def step_seed(seed: int, step: int, rank: int = 0) -> int:
 
 
 def compute_loss(stage: str, model, batch: LMBatch, generator: torch.Generator, layer: int | None = None,
-                 guided: tuple[float, float] = (0.0, 0.2)):
+                 guided: tuple[float, float] = (0.0, 0.2), stage_decay: float = 1.0):
     """``(loss, metrics)`` of one batch: AR first layer (plus ``guided = (weight, sigma)``
-    attention guidance), or NAR (random layer per row, or ``layer``)."""
+    attention guidance), or NAR (random layer per row drawn with ``stage_decay``, or ``layer``)."""
     if stage == "ar":
         return ar_loss(model, batch, *guided)
-    return nar_loss(model, batch, generator, stage=layer)
+    return nar_loss(model, batch, generator, stage=layer, stage_decay=stage_decay)
 
 
 @torch.no_grad()
@@ -323,7 +325,8 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
             generator = torch.Generator().manual_seed(seed)  # NAR prompt lengths and layers
             with _autocast(device, amp):
                 loss, metrics = compute_loss(config.stage, forward, batch, generator,
-                                             guided=(config.guided_attention, config.guided_sigma))
+                                             guided=(config.guided_attention, config.guided_sigma),
+                                             stage_decay=config.nar_stage_decay)
             tokens = _global_tokens(metrics["tokens"], distributed, device)
             if distributed.enabled:  # the token mean of the global batch, once DDP averages the gradients
                 loss = loss * (metrics["tokens"] * distributed.world_size / max(tokens, 1))
@@ -447,6 +450,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"text/audio diagonal (0: off; default {defaults.guided_attention:g})")
     parser.add_argument("--guided-sigma", type=float, default=defaults.guided_sigma,
                         help=f"AR: width of that diagonal as a fraction of the utterance (default {defaults.guided_sigma:g})")
+    parser.add_argument("--nar-stage-decay", type=float, default=defaults.nar_stage_decay,
+                        help="NAR: draw the trained layer k (2..K) with weight DECAY**(k-2); below 1 trains the lower "
+                             f"layers, which carry most of the intelligibility, more often (default {defaults.nar_stage_decay:g}: "
+                             "uniform)")
     parser.add_argument("--max-seconds", type=float, default=defaults.max_seconds,
                         help=f"longer utterances: skipped when they have text, cropped otherwise "
                              f"(default {defaults.max_seconds:g})")
@@ -470,7 +477,7 @@ def config_from_args(args: argparse.Namespace) -> TrainLMConfig:
         stage=args.stage, shards=args.shards, out_dir=args.out, steps=args.steps, batch_frames=args.batch_frames,
         lr=args.lr, warmup_steps=args.warmup, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
         log_every=args.log_every, text_free_prob=args.text_free_prob, guided_attention=args.guided_attention,
-        guided_sigma=args.guided_sigma, max_seconds=args.max_seconds, seed=args.seed,
+        guided_sigma=args.guided_sigma, nar_stage_decay=args.nar_stage_decay, max_seconds=args.max_seconds, seed=args.seed,
         threads=args.threads, resume=args.resume, device=args.device, precision=args.precision, model=model,
     )
 
