@@ -373,3 +373,30 @@ def test_shipped_weights_speak_speech_length_audio_that_is_not_silence():
     assert active.mean() > 0.5
     rms = 10 * np.log10(np.mean(result.audio**2) + 1e-12)
     assert rms > -45.0
+
+
+def test_length_guards_follow_the_prompt_pace():
+    from tokenlm.sampling import SamplingConfig
+    from tts.synthesizer import TYPICAL_FRAMES_PER_PHONEME, Prompt, SynthesisConfig, tiny_synthesizer
+
+    def prompt(frames, phonemes, source="given"):
+        return Prompt("p", np.zeros(frames * 320, np.float32), torch.zeros(4, frames, dtype=torch.long), "x",
+                      source, torch.ones(phonemes, dtype=torch.long))
+
+    synth = tiny_synthesizer()
+    paced = synth.paced_sampling(prompt(200, 50))  # 4 frames per phoneme
+    assert paced.min_frames_per_phoneme == pytest.approx(0.7 * 4)
+    assert paced.max_frames_per_phoneme == pytest.approx(1.8 * 4)
+    fast = synth.paced_sampling(prompt(100, 100))  # 1 frame per phoneme: clamped to 2.5
+    assert fast.min_frames_per_phoneme == pytest.approx(0.7 * 2.5)
+    untranscribed = synth.paced_sampling(prompt(200, 0, source="none"))
+    assert untranscribed.min_frames_per_phoneme == pytest.approx(0.7 * TYPICAL_FRAMES_PER_PHONEME)
+    # explicit user limits stay when stricter, and the pair stays ordered
+    strict = tiny_synthesizer(config=SynthesisConfig(sampling=SamplingConfig(min_frames_per_phoneme=9.0,
+                                                                              max_frames_per_phoneme=12.0)))
+    both = strict.paced_sampling(prompt(200, 50))
+    assert both.min_frames_per_phoneme == 9.0 and both.max_frames_per_phoneme == 9.0
+    off = tiny_synthesizer(config=SynthesisConfig(pace=None))
+    assert off.paced_sampling(prompt(200, 50)) == off.config.sampling
+    with pytest.raises(TTSError, match="pace"):
+        SynthesisConfig(pace=(2.0, 1.0))

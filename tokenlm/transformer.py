@@ -88,11 +88,12 @@ def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
 
 
 class AttentionProbe:
-    """Records pre-softmax attention scores ``[B, heads, L - query_start, key_end]`` of the first
+    """Records pre-softmax attention scores ``[B, heads, L - query_start, Lk]`` of the first
     ``heads`` heads in every block, from the queries at ``query_start..`` to the keys ``< key_end``
-    (the AR: audio positions attending to the phoneme block). ``scores[i]`` is block i's."""
+    (all keys when None; the AR: audio positions attending to everything). ``scores[i]`` is
+    block i's. Masks are not applied: the consumer knows which keys are real."""
 
-    def __init__(self, heads: int, query_start: int, key_end: int):
+    def __init__(self, heads: int, query_start: int, key_end: int | None = None):
         self.heads, self.query_start, self.key_end = heads, query_start, key_end
         self.scores: list[torch.Tensor] = []
 
