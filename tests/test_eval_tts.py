@@ -124,11 +124,12 @@ def test_eval_tts_end_to_end_with_tiny_models(tmp_path, capsys):
     assert summaries["tts"]["utterances"] == 2 and "rtf" in summaries["tts"] and "failed" in summaries["tts"]
     if manifest.is_file():
         assert summaries["real"]["utterances"] == 1 and summaries["roundtrip"]["utterances"] == 1
+        assert summaries["nar_fill"]["utterances"] == 1
         assert 0.5 < summaries["real"]["similarity"] <= 1.0  # a real Kathleen recording vs her prompt
     targets = [r for r in rows if r["type"] == "target"]
     assert {t["target"] for t in targets} == {"WER / real WER", "failed generations", "similarity / real-real", "RTF"}
     speed = next(r for r in rows if r["type"] == "scorer_speed")
-    assert speed["utterances"] == (4 if manifest.is_file() else 2)
+    assert speed["utterances"] == (5 if manifest.is_file() else 2)  # 2 TTS + real, round trip, NAR fill
     assert (out / "results.md").read_text().startswith("# TTS evaluation")
     assert cli_main(args) == 2  # results exist: refused without --force
     assert "use --force" in capsys.readouterr().err
@@ -227,7 +228,7 @@ def test_eval_tts_zero_shot_prompt_with_tiny_models(tmp_path, capsys):
     real = [r for r in rows if r["type"] == "utterance" and r["system"] == "real"]
     assert sorted(Path(r["file"]).name for r in real) == ["me0.wav", "me1.wav"]  # the prompt's own file left out
     summaries = [r for r in rows if r["type"] == "summary"]
-    assert {s["system"] for s in summaries} == {"tts", "real", "roundtrip"} and all(s["zero_shot"] for s in summaries)
+    assert {s["system"] for s in summaries} == {"tts", "real", "roundtrip", "nar_fill"} and all(s["zero_shot"] for s in summaries)
     assert not [r for r in rows if r["type"] == "target"]  # no target yet for zero-shot prompts
     assert (out / "audio" / "prompt-me" / "000.flac").is_file()
     markdown = (out / "results.md").read_text()

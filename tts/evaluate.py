@@ -22,8 +22,10 @@ and scored:
 Reference points in the same run, for each voice whose speaker is in ``--manifest``: up to
 ``--references`` real dev-split recordings of that speaker (never trained on; the prompt's own
 recording left out) through the same recogniser, the same recordings after a round trip
-through the codec at the NAR's number of codebooks, and the similarity of each real recording
-to the prompt (real-real similarity). Targets (reported, not asserted): WER <= 1.3 x real WER,
+through the codec at the NAR's number of codebooks, the same recordings' first layer with
+layers 2..K filled by the NAR from the voice's prompt (what the TTS would give with a perfect AR:
+it separates the NAR's share of the errors from the AR's), and the similarity of each real
+recording to the prompt (real-real similarity). Targets (reported, not asserted): WER <= 1.3 x real WER,
 no failure, similarity >= 0.8 x real-real, RTF <= 0.5.
 
 Zero-shot prompts (no target yet; their numbers are reported, not compared with targets):
@@ -609,7 +611,8 @@ def _describe(entry: Entry, prompt, references: int, sentences: int, n_codebooks
     rows = f"TTS row: the {sentences} test sentence(s) synthesised with this prompt."
     if references:
         rows += (f" Real recordings: {where}, similarity of each to the prompt (real-real). Codec round trip: "
-                 f"the same recordings encoded and decoded at {n_codebooks} codebooks.")
+                 f"the same recordings encoded and decoded at {n_codebooks} codebooks. Layer 1 + NAR: their first "
+                 "codebook layer with layers 2..K filled by the NAR from this prompt (a perfect AR).")
     elif entry.kind == "prompt" and not entry.speaker:
         rows += " No reference rows (no --reference-speaker)."
     else:
@@ -681,7 +684,7 @@ def main(args) -> int:
             if not recordings:
                 log(f"note: no {entry.split or 'any'}-split recordings of speaker {entry.speaker!r} in {manifest}; "
                     "no reference rows")
-        rows += _reference_rows(synth, scorer, entry.name, recordings, prompt_embedding, log)
+        rows += _reference_rows(synth, scorer, entry.name, recordings, prompt, prompt_embedding, log)
         references = len([r for r in rows if r["voice"] == entry.name and r["system"] == "real"])
         described.append((entry.name, _describe(entry, prompt, references, len(sentences), synth.n_codebooks, out)))
         entry.prompt_seconds = prompt.seconds
@@ -690,7 +693,8 @@ def main(args) -> int:
     summaries = []
     for entry in entries:
         for system, label in (("tts", f"TTS ({synth.codec.name})"), ("real", "real recordings"),
-                              ("roundtrip", f"real, codec round trip ({synth.n_codebooks} codebooks)")):
+                              ("roundtrip", f"real, codec round trip ({synth.n_codebooks} codebooks)"),
+                              ("nar_fill", "real layer 1 + NAR layers 2..K (a perfect AR)")):
             mine = [r for r in rows if r["voice"] == entry.name and r["system"] == system]
             if mine:
                 summaries.append(summarise(mine) | {"label": label, "zero_shot": entry.zero_shot})
@@ -724,13 +728,17 @@ def _at_rate(wav: np.ndarray, sample_rate: int) -> np.ndarray:
     return resample(np.asarray(wav, dtype=np.float32), sample_rate, EVAL_RATE)
 
 
-def _reference_rows(synth, scorer: Scorer, name: str, recordings: list, prompt_embedding, log) -> list[dict]:
-    """Real ``recordings`` of a voice's speaker and their codec round trips, scored like the TTS
-    (rows of voice ``name``)."""
+def _reference_rows(synth, scorer: Scorer, name: str, recordings: list, prompt, prompt_embedding, log) -> list[dict]:
+    """Real ``recordings`` of a voice's speaker, their codec round trips, and their first codebook
+    layer with layers 2..K filled by the NAR (conditioned on the voice's ``prompt`` as in
+    synthesis: what the TTS would give with a perfect AR), scored like the TTS (rows of voice
+    ``name``)."""
     import torch
 
     from codec.audio import load_audio
     from codec.errors import AudioError
+    from tokenlm.errors import LMError
+    from tokenlm.generate import nar_fill
 
     rows = []
     codec, rate = synth.codec, synth.sample_rate
@@ -743,7 +751,18 @@ def _reference_rows(synth, scorer: Scorer, name: str, recordings: list, prompt_e
             continue
         codes = codec.encode(torch.from_numpy(wav), rate, bitrate=bitrate)
         decoded = codec.decode(codes, length=wav.shape[-1]).detach().cpu().numpy().reshape(-1)
-        for system, audio in (("real", wav[0]), ("roundtrip", decoded)):
+        systems = [("real", wav[0]), ("roundtrip", decoded)]
+        try:
+            target = synth._ids(recording.text) if recording.text.strip() else None
+            if target is not None and len(target):
+                prefix = prompt.phonemes if prompt.transcript_source != "none" else prompt.phonemes[:0]
+                filled = nar_fill(synth.nar, [torch.cat([prefix, target])], [prompt.codes], [codes[0, 0].cpu()],
+                                  synth.n_codebooks)[0]
+                refilled = codec.decode(filled[None], length=wav.shape[-1]).detach().cpu().numpy().reshape(-1)
+                systems.append(("nar_fill", refilled))
+        except LMError as error:  # e.g. a recording longer than the NAR's context
+            log(f"note: no NAR-fill row for {recording.path}: {error}")
+        for system, audio in systems:
             rows.append({"type": "utterance", "voice": name, "system": system, "file": str(recording.path),
                          **scorer.score(audio, rate, recording.text, prompt_embedding)})
     return rows
