@@ -202,3 +202,30 @@ def test_inputs_as_lists_arrays_and_full_prompts(ar):
         assert torch.equal(generate_ar(ar, phonemes, prompts, GREEDY, max_frames=20)[0], reference)
     with pytest.raises(LMError, match="prompt_codes rows"):
         generate_ar(ar, [[3]], [torch.zeros(1, 2, 3, dtype=torch.long)])
+
+
+def test_text_guidance_combines_the_text_and_text_free_branches(ar):
+    phonemes, prompts = rows(3)
+    guided = SamplingConfig(temperature=0, text_guidance=2.5)
+    out = generate_ar(ar, phonemes, prompts, guided, max_frames=30)
+    # cached == uncached, batch == single rows
+    assert [o.tolist() for o in out] == [
+        o.tolist() for o in generate_ar(ar, phonemes, prompts, guided, max_frames=30, use_cache=False)
+    ]
+    for p, q, o in zip(phonemes, prompts, out):
+        assert generate_ar(ar, [p], [q], guided, max_frames=30)[0].tolist() == o.tolist()
+    # the first tokens equal the argmax of u + w (c - u) from two plain forward passes
+    p, q, o = phonemes[0], prompts[0], out[0]
+    with torch.no_grad():
+        for t in range(3):
+            codes = torch.cat([q, o[:t]])[None]
+            length = torch.tensor([codes.shape[1]])
+            c = ar(p[None], torch.tensor([len(p)]), codes, length)[0, -1].log_softmax(-1)
+            u = ar(p[None, :0], torch.tensor([0]), codes, length)[0, -1].log_softmax(-1)
+            combined = u + 2.5 * (c - u)
+            combined[ar.eos] = float("-inf")  # masked before the minimum length
+            assert int(combined.argmax()) == int(o[t])
+    unguided = generate_ar(ar, phonemes, prompts, GREEDY, max_frames=30)
+    assert [o.tolist() for o in out] != [o.tolist() for o in unguided]
+    with pytest.raises(LMError, match="text_guidance"):
+        SamplingConfig(text_guidance=0.5)

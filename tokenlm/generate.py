@@ -149,6 +149,10 @@ def _generate(model: ARModel, phonemes, prompts, limits, sampling, seed, use_cac
     device, dtype = param.device, param.dtype
     B = len(phonemes)
     eos, bos = model.eos, model.bos
+    guided = sampling.text_guidance != 1.0 and any(len(p) for p in phonemes)
+    if guided:  # rows B..2B-1: the same audio without text (the unconditional branch)
+        phonemes = list(phonemes) + [p[:0] for p in phonemes]
+        prompts = list(prompts) + list(prompts)
     prefixes = [
         torch.cat(
             [model.text_emb(p.to(device)), model.audio_emb(torch.cat([torch.tensor([bos]), q]).to(device))]
@@ -158,7 +162,8 @@ def _generate(model: ARModel, phonemes, prompts, limits, sampling, seed, use_cac
     lengths = torch.tensor([len(x) for x in prefixes], device=device)
     L = int(lengths.max())
     pad = L - lengths
-    x = torch.zeros(B, L, model.config.d_model, device=device, dtype=dtype)
+    R = len(prefixes)  # rows run through the model: B, or 2B with text guidance
+    x = torch.zeros(R, L, model.config.d_model, device=device, dtype=dtype)
     for i, row in enumerate(prefixes):
         x[i, L - len(row) :] = row
     columns = torch.arange(L, device=device)[None, :]
@@ -173,16 +178,19 @@ def _generate(model: ARModel, phonemes, prompts, limits, sampling, seed, use_cac
     generated = torch.full((B, steps), eos, dtype=torch.long, device=device)
     out_lengths = torch.zeros(B, dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
-    cache = KVCache.for_model(model.config, B, L + steps, device, dtype) if use_cache else None
+    cache = KVCache.for_model(model.config, R, L + steps, device, dtype) if use_cache else None
     if padded:
         h = model.transformer(x, positions, attention_mask(key_valid, causal=True), cache)
     else:
         h = model.transformer(x, positions, None, cache, causal=True)
     logits = model.logits_last(h)
     decoder = StepDecoder(model.transformer, model.head) if use_cache else None
-    all_valid = torch.cat([key_valid, torch.ones(B, steps, dtype=torch.bool, device=device)], dim=1)
+    all_valid = torch.cat([key_valid, torch.ones(R, steps, dtype=torch.bool, device=device)], dim=1)
     for t in tqdm(range(steps), desc="AR", unit="frame", disable=not progress, leave=False):
         logits = logits.float()
+        if guided:
+            conditional, unconditional = logits.log_softmax(-1).split(B)
+            logits = unconditional + sampling.text_guidance * (conditional - unconditional)
         logits[:, eos] = torch.where(t < min_len, float("-inf"), logits[:, eos])
         token = sample_next(logits, sampling, generator, generated[:, :t])
         token = torch.where(finished, torch.full_like(token, eos), token)
@@ -192,12 +200,13 @@ def _generate(model: ARModel, phonemes, prompts, limits, sampling, seed, use_cac
         finished = finished | stop
         if bool(finished.all()):
             break
+        fed = token.repeat(R // B)  # both branches continue with the chosen token
         if decoder is not None:  # one new column for every row, through the KV cache
             mask = all_valid[:, None, None, : L + t + 1] if padded else None
-            logits = decoder(model.audio_emb(token), lengths + t, mask, cache)
+            logits = decoder(model.audio_emb(fed), lengths + t, mask, cache)
         else:  # recompute the whole sequence
             n = t + 1
-            xs = torch.cat([x, model.audio_emb(generated[:, :n])], dim=1)
+            xs = torch.cat([x, model.audio_emb(generated[:, :n].repeat(R // B, 1))], dim=1)
             pos = torch.cat([positions, lengths[:, None] + torch.arange(n, device=device)[None, :]], dim=1)
             if padded:
                 h = model.transformer(xs, pos, attention_mask(all_valid[:, : L + n], causal=True))

@@ -6,6 +6,11 @@ last ``repetition_window`` generated tokens, resample it from the full distribut
 softmax of the logits, no temperature, no truncation), which breaks the loops that truncated
 sampling falls into. ``temperature == 0`` is greedy (argmax) and RAS is off.
 
+Text guidance (classifier-free guidance on the text, ``text_guidance = w``): the AR was trained
+with some rows text-free, so it gives both ``log p(x | text, audio)`` and ``log p(x | audio)``;
+sampling uses ``u + w * (c - u)`` of the two log-softmaxes (``w = 1``: the conditional model
+alone, the default; ``w > 1`` strengthens the text's pull at twice the AR cost).
+
 Randomness comes only from the ``torch.Generator`` passed in, so a fixed seed gives identical
 outputs. Length-guard fields are read by :func:`tokenlm.generate.generate_ar`.
 """
@@ -38,6 +43,7 @@ class SamplingConfig:
     min_frames_per_phoneme: float = 1.0
     max_frames_per_phoneme: float = 12.0
     max_frames: int | None = None
+    text_guidance: float = 1.0  # classifier-free guidance scale on the text (1 = off)
 
     def __post_init__(self) -> None:
         checks = {
@@ -53,6 +59,7 @@ class SamplingConfig:
             <= self.max_frames_per_phoneme
             and self.max_frames_per_phoneme > 0,
             "max_frames must be positive": self.max_frames is None or self.max_frames > 0,
+            "text_guidance must be >= 1": self.text_guidance >= 1.0,
         }
         for message, ok in checks.items():
             if not ok:

@@ -524,6 +524,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--text-guidance", type=float, default=None, help="classifier-free guidance on the text (1: off)")
     parser.add_argument("--max-frames-per-phoneme", type=float, default=None, help="AR length guard (default 12)")
     parser.add_argument("--retries", type=int, default=2, help="regenerations of a failed chunk (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -537,6 +538,7 @@ def _synthesizer(args):
     from tts.synthesizer import SynthesisConfig, load
 
     overrides = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k), ("top_p", args.top_p),
+                                   ("text_guidance", args.text_guidance),
                                    ("max_frames_per_phoneme", args.max_frames_per_phoneme)) if v is not None}
     config = SynthesisConfig(sampling=SamplingConfig(**overrides), retries=args.retries)
     device = args.device

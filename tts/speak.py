@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=None, help="AR sampling temperature (0: greedy)")
     parser.add_argument("--top-k", type=int, default=None, help="AR top-k (0: off)")
     parser.add_argument("--top-p", type=float, default=None, help="AR nucleus top-p (1: off)")
+    parser.add_argument("--text-guidance", type=float, default=None,
+                        help="classifier-free guidance on the text (1: off; >1 follows the text more, AR cost x2)")
     parser.add_argument("--max-words", type=int, default=None, help="longest chunk in words (default 20)")
     parser.add_argument("--batch-size", type=int, default=8, help="chunks generated together (default 8)")
     parser.add_argument("--retries", type=int, default=2, help="regenerations of a failed chunk (default 2)")
@@ -87,7 +89,7 @@ def build_synthesizer(args):
     from tts.synthesizer import SynthesisConfig, load
 
     overrides = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k),
-                                   ("top_p", args.top_p)) if v is not None}
+                                   ("top_p", args.top_p), ("text_guidance", args.text_guidance)) if v is not None}
     config = SynthesisConfig(sampling=SamplingConfig(**overrides), batch_size=args.batch_size, retries=args.retries,
                              no_transcript=args.no_transcript,
                              **({"max_words": args.max_words} if args.max_words else {}))
