@@ -16,7 +16,7 @@ Pipeline (VALL-E style, zero-shot voice from a prompt recording):
    follow the prompt's pace (``pace``, default (0.7, 1.8)): with ``r`` the prompt's frames per
    phoneme (clamped to 2.5..8; 3.7, the median of the training speech, without a transcript),
    eos is masked before ``0.7 r`` frames per target phoneme and the output ends at ``1.8 r``
-   (plus 25 frames). Without this the AR, trained on a corpus that is 60% one-word digit
+   (plus 25 frames). Without this the AR, trained on a corpus that is nearly 60% one-word digit
    recordings, tends to end sentences far too early. Chunks are generated
    in batches (``batch_size`` rows, sorted by length), so many sentences cost little more than
    one.
