@@ -7,8 +7,15 @@ import torch
 from lm_helpers import NPH, V, tiny_config
 from test_lm_models import make_batch
 
-from tokenlm.ar import ARModel, ar_loss, guided_attention_loss
+from tokenlm.ar import ARModel, ar_loss, guided_attention_penalty
 from tokenlm.batch import LMBatch
+
+
+def mean_penalty(scores, phoneme_lengths, query_lengths, sigma):
+    """The mean penalty over the real queries of rows with text."""
+    penalty = guided_attention_penalty(scores, phoneme_lengths, query_lengths, sigma)
+    count = sum(int(q) for p, q in zip(phoneme_lengths, query_lengths) if p > 0)
+    return penalty.sum() / max(count, 1)
 
 
 def diagonal_scores(T: int, P: int, sharpness: float = 5000.0) -> torch.Tensor:
@@ -20,21 +27,23 @@ def diagonal_scores(T: int, P: int, sharpness: float = 5000.0) -> torch.Tensor:
 
 def test_penalty_of_uniform_diagonal_and_anti_diagonal_attention():
     lengths = torch.tensor([40]), torch.tensor([160])
-    uniform = guided_attention_loss(torch.zeros(1, 1, 160, 40), *lengths, sigma=0.2)
-    diagonal = guided_attention_loss(diagonal_scores(160, 40), *lengths, sigma=0.2)
-    anti = guided_attention_loss(diagonal_scores(160, 40).flip(-1), *lengths, sigma=0.2)
+    uniform = mean_penalty(torch.zeros(1, 1, 160, 40), *lengths, sigma=0.2)
+    diagonal = mean_penalty(diagonal_scores(160, 40), *lengths, sigma=0.2)
+    anti = mean_penalty(diagonal_scores(160, 40).flip(-1), *lengths, sigma=0.2)
     assert 0.5 < float(uniform) < 0.65
     assert float(diagonal) < 0.01
     assert float(anti) > float(uniform)
 
 
 def test_padding_and_text_free_rows_do_not_count():
-    alone = guided_attention_loss(diagonal_scores(30, 10).flip(-1), torch.tensor([10]), torch.tensor([30]), 0.2)
+    alone = mean_penalty(diagonal_scores(30, 10).flip(-1), torch.tensor([10]), torch.tensor([30]), 0.2)
     padded = torch.full((3, 1, 50, 16), 7.0)  # padding with large scores must be ignored
     padded[0, :, :30, :10] = diagonal_scores(30, 10).flip(-1)[0]
-    batched = guided_attention_loss(padded, torch.tensor([10, 0, 0]), torch.tensor([30, 50, 20]), 0.2)
+    batched = mean_penalty(padded, torch.tensor([10, 0, 0]), torch.tensor([30, 50, 20]), 0.2)
     torch.testing.assert_close(batched, alone)
-    none = guided_attention_loss(torch.zeros(2, 1, 5, 3), torch.tensor([0, 0]), torch.tensor([5, 5]), 0.2)
+    per_query = guided_attention_penalty(padded, torch.tensor([10, 0, 0]), torch.tensor([30, 50, 20]), 0.2)
+    assert per_query.shape == (3, 50) and per_query[0, 30:].abs().sum() == 0 and per_query[1:].abs().sum() == 0
+    none = mean_penalty(torch.zeros(2, 1, 5, 3), torch.tensor([0, 0]), torch.tensor([5, 5]), 0.2)
     assert float(none) == 0.0
 
 

@@ -100,34 +100,36 @@ def ar_targets(
     return torch.where(positions > code_lengths[:, None], torch.full_like(targets, ignore_index), targets)
 
 
-def guided_attention_loss(
+def guided_attention_penalty(
     scores: torch.Tensor, phoneme_lengths: torch.Tensor, query_lengths: torch.Tensor, sigma: float
 ) -> torch.Tensor:
-    """Mean diagonal penalty of audio-to-phoneme attention.
+    """Diagonal penalty of audio-to-phoneme attention per query.
 
     ``scores [B, H, Tq, P]`` (pre-softmax, queries = audio inputs, keys = phonemes),
-    ``phoneme_lengths [B]``, ``query_lengths [B]`` -> a scalar: the expected penalty
-    ``1 - exp(-(j/P - t/Tq)^2 / (2 sigma^2))`` under each query's softmax over its real phonemes,
-    averaged over real queries of rows with text (0 when no row has text).
+    ``phoneme_lengths [B]``, ``query_lengths [B]`` -> ``[B, Tq]``: the expected penalty
+    ``1 - exp(-(j/P - t/Tq)^2 / (2 sigma^2))`` under each query's softmax over its row's real
+    phonemes, averaged over the heads; 0 for padded queries and rows without text.
     """
-    _, H, Tq, P = scores.shape
+    _, _, Tq, P = scores.shape
     device = scores.device
     key_valid = padding_mask(phoneme_lengths, P)  # [B, P]
     probs = scores.float().masked_fill(~key_valid[:, None, None, :], -1e4).softmax(-1)
     t = (torch.arange(Tq, device=device)[None, :] + 0.5) / query_lengths.clamp(min=1)[:, None]  # [B, Tq]
     j = (torch.arange(P, device=device)[None, :] + 0.5) / phoneme_lengths.clamp(min=1)[:, None]  # [B, P]
     penalty = 1.0 - torch.exp(-((j[:, None, :] - t[:, :, None]) ** 2) / (2 * sigma**2))  # [B, Tq, P]
-    per_query = (probs * penalty[:, None]).sum(-1)  # [B, H, Tq]
+    per_query = (probs * penalty[:, None]).sum(-1).mean(1)  # [B, Tq]
     query_valid = padding_mask(query_lengths, Tq) & (phoneme_lengths > 0)[:, None]  # [B, Tq]
-    count = query_valid.sum() * H
-    return (per_query * query_valid[:, None]).sum() / count.clamp(min=1)
+    return per_query * query_valid
 
 
 def ar_loss(
     model: ARModel, batch: LMBatch, guided_weight: float = 0.0, guided_sigma: float = 0.2
 ) -> tuple[torch.Tensor, dict]:
     """Cross-entropy over the first codebook layer (codes and eos) of ``batch``, plus
-    ``guided_weight`` times the guided-attention penalty of head 0 of every block.
+    ``guided_weight`` times the guided-attention penalty of head 0 of every block, summed over
+    the queries and divided by the number of predicted tokens like the cross-entropy (so
+    text-free rows count as 0, and DDP's rescaling of a process's loss to the global token mean
+    is exact for both terms).
 
     Returns ``(loss, {"loss", "accuracy", "eos_accuracy", "tokens"[, "guided"]})`` (metrics as
     floats; ``loss`` is the cross-entropy alone). For text-free training set some rows'
@@ -142,10 +144,12 @@ def ar_loss(
     loss = cross_entropy
     guided = None
     if probe is not None:
-        guided = torch.stack(
-            [guided_attention_loss(s, batch.phoneme_lengths, batch.code_lengths + 1, guided_sigma)
-             for s in probe.scores]
-        ).mean()
+        tokens = (targets != -100).sum().clamp(min=1)
+        per_block = [
+            guided_attention_penalty(s, batch.phoneme_lengths, batch.code_lengths + 1, guided_sigma).sum()
+            for s in probe.scores
+        ]
+        guided = torch.stack(per_block).mean() / tokens
         loss = loss + guided_weight * guided
     with torch.no_grad():
         valid = targets != -100
