@@ -90,10 +90,10 @@ def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
 class AttentionProbe:
     """Records pre-softmax attention scores ``[B, heads, L - query_start, Lk]`` of the first
     ``heads`` heads in every block, from the queries at ``query_start..`` to the keys ``< key_end``
-    (all keys when None; the AR: audio positions attending to everything). ``scores[i]`` is
-    block i's. Masks are not applied: the consumer knows which keys are real."""
+    (the AR: audio positions attending to the phoneme block). ``scores[i]`` is block i's. Masks
+    are not applied: the consumer knows which keys are real."""
 
-    def __init__(self, heads: int, query_start: int, key_end: int | None = None):
+    def __init__(self, heads: int, query_start: int, key_end: int):
         self.heads, self.query_start, self.key_end = heads, query_start, key_end
         self.scores: list[torch.Tensor] = []
 
