@@ -21,7 +21,8 @@ An engine that is not installed is skipped with a note on stderr; voices are lis
 
 Sentences of 3 to 25 words are shuffled with the seed and the first ``max_sentences`` are dealt
 round-robin to the voices, so every voice speaks different sentences and a larger
-``max_sentences`` extends a smaller run (same seed and voices) instead of replacing it. Each
+``max_sentences`` extends a smaller run (same seed and voices) instead of replacing it; the TTS
+evaluation's sentences (:data:`EVAL_SENTENCES`, and any ``--exclude`` file) are never spoken. Each
 render is resampled to 16 kHz with soxr, its leading and trailing silence trimmed (keeping
 :data:`TRIM_PAD_S` around the speech), scaled down if resampling pushed its peak above
 :data:`MAX_PEAK`, and written as FLAC to ``OUT/<speaker>/<hash>.flac``; the
@@ -69,6 +70,9 @@ APT_INSTALL = ("apt-get install -y espeak-ng festival festvox-us-slt-hts festvox
 
 ENGINES = ("espeak-ng", "festival", "flite")
 MIN_WORDS, MAX_WORDS = 3, 25
+EVAL_SENTENCES = Path(__file__).resolve().parent.parent / "tts" / "eval_sentences.txt"
+"""The TTS evaluation's sentences (``tokenwave eval-tts``): ``synth-speech`` never speaks them, so
+they stay unseen in LM training."""
 TIMEOUT_S = 60
 """Seconds one render may take before it counts as failed."""
 TRIM_TOP_DB = 40.0
@@ -241,15 +245,23 @@ def read_sentences(text_files) -> list[str]:
     return list(dict.fromkeys(s for s in sentences if s))
 
 
-def pick_sentences(sentences: list[str], max_sentences: int | None, seed: int = 0) -> list[str]:
-    """Sentences of :data:`MIN_WORDS`-:data:`MAX_WORDS` words, shuffled by ``seed``, the first ``max_sentences``.
+def sentence_key(text: str) -> tuple[str, ...]:
+    """The words of ``text`` in lower case without punctuation: sentences that only differ in
+    case, punctuation or spacing have the same key."""
+    return tuple(re.findall(r"[a-z0-9]+", unicodedata.normalize("NFKD", text).lower()))
+
+
+def pick_sentences(sentences: list[str], max_sentences: int | None, seed: int = 0, exclude=()) -> list[str]:
+    """Sentences of :data:`MIN_WORDS`-:data:`MAX_WORDS` words, shuffled by ``seed``, without those
+    in ``exclude`` (compared by :func:`sentence_key`), the first ``max_sentences``.
 
     The order depends only on the seed and the sentences, so a larger ``max_sentences`` extends
-    a smaller one.
+    a smaller one; excluded sentences are dropped after the shuffle, so the others keep it.
     """
     usable = [s for s in sentences if MIN_WORDS <= len(s.split()) <= MAX_WORDS and re.search(r"[A-Za-z]", s)]
     order = np.random.default_rng(seed).permutation(len(usable))
-    picked = [usable[i] for i in order]
+    banned = {sentence_key(text) for text in exclude}
+    picked = [usable[i] for i in order if sentence_key(usable[i]) not in banned]
     return picked if max_sentences is None else picked[:max_sentences]
 
 
@@ -376,7 +388,8 @@ def _select_voices(available: list[Voice], voices) -> list[Voice]:
 
 
 def render_corpus(text_files, out_dir, engines=ENGINES, voices=None, max_sentences: int | None = 600,
-                  seed: int = 0, workers: int = 2, target_rate: int = 16_000, progress: bool = True) -> RenderSummary:
+                  seed: int = 0, workers: int = 2, target_rate: int = 16_000, progress: bool = True,
+                  exclude_files=()) -> RenderSummary:
     """Speak sentences from ``text_files`` with the installed voices into ``out_dir``; see the module docstring.
 
     Args:
@@ -391,6 +404,8 @@ def render_corpus(text_files, out_dir, engines=ENGINES, voices=None, max_sentenc
         seed: picks the sentences, their order, and the per-utterance speed/pitch.
         workers: renders in parallel (engine processes).
         target_rate: sample rate of the written FLAC files.
+        exclude_files: UTF-8 files of sentences never to speak (e.g. :data:`EVAL_SENTENCES`,
+            the TTS evaluation's held-out sentences).
 
     Returns:
         a :class:`RenderSummary`.
@@ -404,7 +419,7 @@ def render_corpus(text_files, out_dir, engines=ENGINES, voices=None, max_sentenc
         raise TokenwaveError(f"the number of sentences must be at least 1, got {max_sentences}")
     if workers < 1:
         raise TokenwaveError(f"workers must be at least 1, got {workers}")
-    sentences = pick_sentences(read_sentences(text_files), max_sentences, seed)
+    sentences = pick_sentences(read_sentences(text_files), max_sentences, seed, read_sentences(exclude_files))
     if not sentences:
         raise TokenwaveError(f"no sentence of {MIN_WORDS}-{MAX_WORDS} words in {', '.join(map(str, text_files))}")
     chosen = _select_voices(list_voices(engines, notes=True), voices)
@@ -477,6 +492,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--voices", default=None, help="comma-separated speaker names, e.g. flite_slt,espeak_en-us+f3 "
                                                        "(default: every installed voice; see --list-voices)")
     parser.add_argument("--sentences", type=int, default=600, help="sentences in all, shared by the voices (default 600)")
+    parser.add_argument("--exclude", action="append", default=[str(EVAL_SENTENCES)], metavar="FILE",
+                        help="sentences never to speak, one per line (repeatable; tts/eval_sentences.txt, the TTS "
+                             "evaluation's held-out sentences, is always excluded)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="engine processes in parallel (default 2)")
     parser.add_argument("--sample-rate", type=int, default=16_000, help="of the FLAC files (default 16000)")
@@ -496,6 +514,6 @@ def main_synth(args) -> int:
         raise TokenwaveError("synth-speech needs --text FILE and --out DIR (or --list-voices)")
     summary = render_corpus(args.text, args.out, engines=args.engines, voices=args.voices,
                             max_sentences=args.sentences, seed=args.seed, workers=args.workers,
-                            target_rate=args.sample_rate)
+                            target_rate=args.sample_rate, exclude_files=args.exclude)
     print("\n".join(summary.lines()))
     return 1 if summary.failed else 0

@@ -61,7 +61,7 @@ def make_shards(folder: Path, count: int = 24) -> Path:
 
 
 def config(shards: Path, out: Path, stage: str, steps: int, **changes) -> TrainLMConfig:
-    options = {"stage": stage, "shards": str(shards), "out_dir": str(out), "steps": steps, "batch_frames": 300,
+    options = {"stage": stage, "shards": shards, "out_dir": str(out), "steps": steps, "batch_frames": 300,
                "lr": 3e-3, "warmup_steps": 3, "checkpoint_every": 5, "eval_every": 5, "log_every": 1, "threads": 1,
                "resume": True, "model": dict(TINY_MODEL)}
     return TrainLMConfig(**(options | changes))
@@ -183,6 +183,38 @@ def test_the_ar_learns_patterned_codes(tmp_path):
     log = read_log(out)
     assert log[-1]["loss"] < log[0]["loss"] - 0.5
     assert log[-1]["dev_accuracy_1"] > 0.2  # chance: 1/65
+
+
+def test_several_shard_folders_merge_and_best_keeps_the_lowest_dev_loss_across_resumes(tmp_path):
+    from tokenlm.pretrained import read_lm_info
+    from tokenlm.shards import write_shard
+
+    utterances, vocab = make_utterances()
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, part in ((first, utterances[:12]), (second, utterances[12:])):
+        folder.mkdir()
+        write_shard(folder / "shard_00000.safetensors", part, CODEC_INFO, vocab)
+    out = tmp_path / "run"
+    train_lm(config([first, second], out, "ar", steps=12, eval_every=2, checkpoint_every=6))
+    train_lm(config(make_shards(tmp_path / "one"), tmp_path / "one_run", "ar", steps=12, eval_every=2,
+                    checkpoint_every=6))
+    log = read_log(out)
+    assert [r["data"] for r in log] == [r["data"] for r in read_log(tmp_path / "one_run")]  # the same corpus
+
+    evaluations = [(r["step"], r["dev_loss_1"]) for r in log if "dev_loss_1" in r]
+    assert len(evaluations) == 6
+    kept = read_lm_info(out / "best")["extra"]["training"]
+    assert kept["best"]["step"] == min(evaluations, key=lambda e: e[1])[0] == kept["steps"]
+    assert kept["best"]["dev_loss"] == pytest.approx(min(loss for _, loss in evaluations))
+    assert kept["shards"] == [str(first), str(second)]
+
+    # A resumed run only replaces best/ with a lower dev loss than the one it recorded.
+    path = out / "best" / "config.json"
+    info = json.loads(path.read_text())
+    info["extra"]["training"]["best"]["dev_loss"] = 0.0
+    path.write_text(json.dumps(info))
+    train_lm(config([first, second], out, "ar", steps=16, eval_every=2, checkpoint_every=6))
+    assert read_lm_info(out / "best")["extra"]["training"]["best"]["step"] == kept["steps"]
 
 
 def test_bad_requests_are_one_line_errors(tmp_path):

@@ -63,6 +63,27 @@ def test_pick_sentences_filters_and_is_deterministic():
     assert len(orders) > 1
 
 
+def test_excluded_sentences_are_never_picked_and_the_others_keep_their_order():
+    picked = synthetic.pick_sentences(SENTENCES, None, seed=0)
+    banned = picked[1].upper().replace(" ", "  ") + "!"  # case, spacing and punctuation do not matter
+    kept = synthetic.pick_sentences(SENTENCES, None, seed=0, exclude=[banned])
+    assert kept == picked[:1] + picked[2:]
+    assert synthetic.pick_sentences(SENTENCES, 1, seed=0, exclude=picked[:1]) == [picked[1]]
+
+
+def test_the_cli_always_excludes_the_tts_evaluation_sentences():
+    import argparse
+
+    from tts.evaluate import SENTENCES_FILE, read_sentences
+
+    parser = argparse.ArgumentParser()
+    synthetic.add_arguments(parser)
+    assert parser.parse_args(["--exclude", "mine.txt"]).exclude == [str(SENTENCES_FILE), "mine.txt"]
+    evaluation = read_sentences(SENTENCES_FILE)
+    assert not synthetic.pick_sentences(evaluation, None, exclude=synthetic.read_sentences([SENTENCES_FILE]))
+    assert synthetic.EVAL_SENTENCES == SENTENCES_FILE
+
+
 def test_read_sentences_dedups_and_reports_missing(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("one two  three\n\none two three\nfour five six\n", encoding="utf-8")

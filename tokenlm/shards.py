@@ -347,12 +347,16 @@ def shard_files(folder: str | os.PathLike) -> list[Path]:
     return found
 
 
-def read_corpus(folder: str | os.PathLike) -> Shard:
-    """Every shard of ``folder`` merged into one :class:`Shard`; all must share codec info and
-    vocabulary, and utterance ids must be unique across them."""
+def read_corpus(folders: str | os.PathLike | list) -> Shard:
+    """Every shard of one folder, or of several (``[folder, ...]``), merged into one :class:`Shard`;
+    all must share codec info and vocabulary, and utterance ids must be unique across them."""
+    if isinstance(folders, (str, os.PathLike)):
+        folders = [folders]
+    if not folders:
+        raise LMError("no shard folder given")
     merged: Shard | None = None
     seen: set[str] = set()
-    for path in shard_files(folder):
+    for path in [path for folder in folders for path in shard_files(folder)]:
         shard = read_shard(path)
         if merged is None:
             merged = Shard(shard.codec_info, shard.vocab, [], [])

@@ -24,7 +24,10 @@
   deterministic). Changing the data options on resume changes the data order (with a note).
   Each checkpoint also exports ``OUT/export/`` with :func:`tokenlm.pretrained.save_lm` (float16
   weights, vocab, codec info), ready for ``tokenwave continue --ar/--nar`` or to copy into
-  ``weights/``.
+  ``weights/``. ``OUT/best/`` is the export of the evaluation with the lowest dev loss so far
+  (:class:`BestExport`; early stopping for a run that overfits).
+- **Data from several corpora**: ``--shards`` repeated merges the folders (one codec and
+  phoneme vocabulary; utterance ids unique).
 - **Logs**: ``OUT/log.jsonl`` every ``log_every`` steps (loss, accuracy, grad norm, lr,
   ``steps_per_s``, ``tokens_per_s`` (target tokens, all processes), padded batch frames,
   text-free share, ``data``: a CRC of the batches of the logged window), the same numbers for
@@ -71,7 +74,7 @@ DATA_OPTIONS = ("seed", "batch_frames", "text_free_prob", "max_seconds", "n_buck
 @dataclass
 class TrainLMConfig:
     stage: str  # "ar" or "nar"
-    shards: str
+    shards: str | list  # one folder of token shards, or several (merged; one codec and vocabulary)
     out_dir: str
     steps: int = 100_000
     batch_frames: int = 6000  # padded code frames per (global) batch
@@ -98,6 +101,7 @@ class TrainLMConfig:
     model: dict = field(default_factory=dict)  # LMConfig overrides: d_model, n_layers, n_heads, ...
 
     def __post_init__(self) -> None:
+        self.shards = [str(self.shards)] if isinstance(self.shards, (str, Path)) else [str(s) for s in self.shards]
         checks = {
             f"--stage must be ar or nar, got {self.stage!r}": self.stage in MODELS,
             "--steps must be positive": self.steps > 0,
@@ -123,11 +127,12 @@ class TrainLMConfig:
             raise LMError(f"unknown model options: {', '.join(unknown)}")
 
 
-def load_corpus(folder: str | Path):
-    """``(utterances, codec_info, vocab)`` of every shard in ``folder`` (validated, one codec and vocab)."""
+def load_corpus(folders: str | Path | list):
+    """``(utterances, codec_info, vocab)`` of every shard in one folder or several (validated, one
+    codec and vocab)."""
     from tokenlm.shards import read_corpus
 
-    corpus = read_corpus(folder)
+    corpus = read_corpus(folders)
     return corpus.utterances, corpus.codec_info, corpus.vocab
 
 
@@ -242,27 +247,30 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
     if checkpoint is not None and distributed.is_main:
         before = checkpoint.get("train", {})
         changed = [key for key in DATA_OPTIONS if key in before and before[key] != getattr(config, key)]
+        if "shards" in before and TrainLMConfig("ar", before["shards"], "").shards != config.shards:
+            changed.append("shards")
         if changed:
             tqdm.write(f"note: {', '.join(changed)} changed since the checkpoint: the data order differs from the "
                        "interrupted run's", file=sys.stderr)
 
     utterances, codec_info, vocab = load_corpus(config.shards)
+    shards = ", ".join(config.shards)
     frame_rate = float(codec_info.get("frame_rate", 50.0))
     groups = split_utterances(utterances)
     train_set = LMCorpus(training_utterances(utterances), frame_rate, config.max_seconds, config.n_buckets,
                          config.batch_frames)
     dev_set = LMCorpus(groups.get("dev", []), frame_rate, config.max_seconds)
     if not len(train_set):
-        raise LMError(f"no training utterances in {config.shards} (split 'train', at most {config.max_seconds:g} s)")
+        raise LMError(f"no training utterances in {shards} (split 'train', at most {config.max_seconds:g} s)")
     K = min(u.codes.shape[0] for u in train_set.utterances)
     if config.stage == "nar" and K < 2:
         raise LMError("the NAR needs shards with at least 2 codebooks")
     if checkpoint is not None:
         lm_config = LMConfig.from_dict(checkpoint["lm"])
         if checkpoint.get("codec", {}).get("fingerprint") != codec_info.get("fingerprint"):
-            raise LMError(f"the shards in {config.shards} come from another codec than the run in {out_dir}")
+            raise LMError(f"the shards in {shards} come from another codec than the run in {out_dir}")
         if checkpoint.get("vocab") != vocab.to_dict():
-            raise LMError(f"the shards in {config.shards} use another phoneme vocabulary than the run in {out_dir}")
+            raise LMError(f"the shards in {shards} use another phoneme vocabulary than the run in {out_dir}")
         if main and any(lm_config.to_dict()[k] != v for k, v in config.model.items()):
             tqdm.write("note: the model options are taken from the checkpoint", file=sys.stderr)
     else:
@@ -304,6 +312,8 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
                    f"{lm_config.n_layers} layers x {lm_config.d_model}; precision: {amp or torch.float32}")
     dev_batches = dev_set.fixed_batches(config.batch_frames, config.dev_utterances) if len(dev_set) else []
     n_layers = 1 if config.stage == "ar" else K
+    best = BestExport(out_dir / "best", zlib.crc32(b"".join(
+        batch_digest(rows).to_bytes(4, "little") for rows in dev_batches)))
     state = {"stage": config.stage, "lm": lm_config.to_dict(), "codec": dict(codec_info),
              "vocab": vocab.to_dict(), "train": dataclasses.asdict(config)}
 
@@ -355,6 +365,8 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
                 record |= evaluate(config.stage, model, dev_batches, device, amp, config.guided_sigma)
                 tqdm.write(json.dumps({"step": step + 1} | {k: round(v, 4) for k, v in record.items()
                                                             if isinstance(v, float)}))
+                if best.improves(record):
+                    best.save(model, vocab, codec_info, config, step + 1)
             if record and main:
                 log.write({"step": step + 1} | record)
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
@@ -367,13 +379,55 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
     return out_dir / "export"
 
 
-def export(model: torch.nn.Module, folder: Path, vocab, codec_info: dict, config: TrainLMConfig, step: int) -> Path:
+def export(model: torch.nn.Module, folder: Path, vocab, codec_info: dict, config: TrainLMConfig, step: int,
+           best: dict | None = None) -> Path:
     """Float16 weights + config (vocab, codec info, training summary) for inference."""
     from tokenlm.pretrained import save_lm
 
     training = {"stage": config.stage, "steps": step, "batch_frames": config.batch_frames,
-                "text_free_prob": config.text_free_prob, "shards": str(config.shards)}
+                "text_free_prob": config.text_free_prob, "shards": list(config.shards)}
+    if best is not None:
+        training["best"] = best
     return save_lm(model, folder, vocab, extra={"training": training}, codec=dict(codec_info))
+
+
+def dev_loss(record: dict) -> float | None:
+    """The mean teacher-forced dev loss over the evaluated layers (``dev_loss_k``), None without any."""
+    losses = [value for key, value in record.items() if key.startswith("dev_loss_")]
+    return sum(losses) / len(losses) if losses else None
+
+
+class BestExport:
+    """``RUN/best``: the export with the lowest dev loss so far, for runs that overfit (the
+    checkpoints rotate). Its config records that loss and a digest of the dev set, so a resumed
+    run keeps beating the same number; a different dev set (other shards) starts afresh."""
+
+    def __init__(self, folder: Path, dev_set: int):
+        from tokenlm.pretrained import read_lm_info
+
+        self.folder = folder
+        self.dev_set = dev_set
+        self.loss = float("inf")
+        self.step: int | None = None
+        if (folder / "config.json").is_file():
+            try:
+                kept = read_lm_info(folder)["extra"]["training"]["best"]
+                if kept["dev_set"] == dev_set:
+                    self.loss, self.step = float(kept["dev_loss"]), int(kept["step"])
+            except (LMError, KeyError, TypeError, ValueError):
+                pass  # an unreadable or older best export is replaced by the next evaluation
+
+    def improves(self, record: dict) -> bool:
+        loss = dev_loss(record)
+        if loss is None or not loss < self.loss:
+            return False
+        self.loss = loss
+        return True
+
+    def save(self, model: torch.nn.Module, vocab, codec_info: dict, config: TrainLMConfig, step: int) -> Path:
+        self.step = step
+        return export(model, self.folder, vocab, codec_info, config, step,
+                      best={"step": step, "dev_loss": self.loss, "dev_set": self.dev_set})
 
 
 def _global_tokens(tokens: int, distributed: Distributed, device: torch.device) -> int:
@@ -429,7 +483,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lm = LMConfig()
     parser.add_argument("--stage", choices=sorted(MODELS), required=True,
                         help="ar: first codebook layer from phonemes; nar: layers 2..K")
-    parser.add_argument("--shards", required=True, help="folder of token shards (tokenwave tokenize)")
+    parser.add_argument("--shards", required=True, action="append",
+                        help="folder of token shards (tokenwave tokenize); repeat it to train on several corpora "
+                             "made with the same codec")
     parser.add_argument("--out", required=True, help="run folder: checkpoints, logs, export/")
     parser.add_argument("--steps", type=int, default=defaults.steps, help=f"total steps (default {defaults.steps})")
     parser.add_argument("--batch-frames", type=int, default=defaults.batch_frames,
