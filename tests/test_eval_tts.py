@@ -13,7 +13,15 @@ import pytest
 
 from codec.cli import main as cli_main
 from tts.errors import TTSError
-from tts.evaluate import SENTENCES_FILE, cosine, edit_ops, normalize_words, read_sentences, wer
+from tts.evaluate import (
+    SENTENCES_FILE,
+    cosine,
+    edit_ops,
+    normalize_words,
+    parse_layer_rows,
+    read_sentences,
+    wer,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
@@ -77,6 +85,13 @@ def test_shipped_sentences_were_never_seen_in_training():
     assert not seen & {_key(s) for s in sentences}
 
 
+def test_layer_rows_option():
+    assert parse_layer_rows(None) == [] and parse_layer_rows("4, 1,2,2") == [1, 2, 4]
+    for bad in ("one", "0,2", ","):
+        with pytest.raises(TTSError, match="--layer-rows"):
+            parse_layer_rows(bad)
+
+
 def test_read_sentences_skips_comments_and_rejects_empty_files(tmp_path):
     path = tmp_path / "s.txt"
     path.write_text("# comment\n\nOne.\n  Two.  \n")
@@ -108,7 +123,7 @@ def test_eval_tts_end_to_end_with_tiny_models(tmp_path, capsys):
     out = tmp_path / "eval"
     args = ["eval-tts", "--ar", "tiny", "--nar", "tiny", "--codec", "tiny-16k", "--sentences", "2",
             "--references", "1", "--max-frames-per-phoneme", "2", "--retries", "0", "--threads", "1",
-            "--manifest", str(manifest), "--out", str(out)]
+            "--layer-rows", "1,9", "--manifest", str(manifest), "--out", str(out)]
     assert cli_main(args) == 0
     printed = capsys.readouterr().out
     assert "| kathleen | TTS (tiny-16k) | 2 |" in printed and "Targets" in printed
@@ -125,11 +140,15 @@ def test_eval_tts_end_to_end_with_tiny_models(tmp_path, capsys):
     if manifest.is_file():
         assert summaries["real"]["utterances"] == 1 and summaries["roundtrip"]["utterances"] == 1
         assert summaries["nar_fill"]["utterances"] == 1
+        assert summaries["layers_1"]["utterances"] == 1 and "layers_9" not in summaries  # the tiny NAR has 4
+        layer_1 = next(r for r in rows if r["type"] == "utterance" and r["system"] == "layers_1")
+        roundtrip = next(r for r in rows if r["type"] == "utterance" and r["system"] == "roundtrip")
+        assert layer_1["seconds"] == roundtrip["seconds"] and layer_1["file"] == roundtrip["file"]
         assert 0.5 < summaries["real"]["similarity"] <= 1.0  # a real Kathleen recording vs her prompt
     targets = [r for r in rows if r["type"] == "target"]
     assert {t["target"] for t in targets} == {"WER / real WER", "failed generations", "similarity / real-real", "RTF"}
     speed = next(r for r in rows if r["type"] == "scorer_speed")
-    assert speed["utterances"] == (5 if manifest.is_file() else 2)  # 2 TTS + real, round trip, NAR fill
+    assert speed["utterances"] == (6 if manifest.is_file() else 2)  # 2 TTS + real, round trip, 1 layer, NAR fill
     assert (out / "results.md").read_text().startswith("# TTS evaluation")
     assert cli_main(args) == 2  # results exist: refused without --force
     assert "use --force" in capsys.readouterr().err

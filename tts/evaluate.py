@@ -526,6 +526,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--text-guidance", type=float, default=None, help="classifier-free guidance on the text (1: off)")
     parser.add_argument("--max-frames-per-phoneme", type=float, default=None, help="AR length guard (default 12)")
+    parser.add_argument("--layer-rows", metavar="K,K,...",
+                        help="extra reference rows: the real recordings decoded from their first K codebooks only "
+                             "(e.g. 1,2,4), the WER floor of a TTS whose NAR gets layers K+1.. wrong")
     parser.add_argument("--retries", type=int, default=2, help="regenerations of a failed chunk (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
@@ -643,6 +646,7 @@ def main(args) -> int:
     manifest = Path(args.manifest)
     sentences = spread(read_sentences(args.sentence_file), args.sentences)
     entries = _entries(args, manifest, out)
+    layer_rows = parse_layer_rows(args.layer_rows)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -686,7 +690,7 @@ def main(args) -> int:
             if not recordings:
                 log(f"note: no {entry.split or 'any'}-split recordings of speaker {entry.speaker!r} in {manifest}; "
                     "no reference rows")
-        rows += _reference_rows(synth, scorer, entry.name, recordings, prompt, prompt_embedding, log)
+        rows += _reference_rows(synth, scorer, entry.name, recordings, prompt, prompt_embedding, log, layer_rows)
         references = len([r for r in rows if r["voice"] == entry.name and r["system"] == "real"])
         described.append((entry.name, _describe(entry, prompt, references, len(sentences), synth.n_codebooks, out)))
         entry.prompt_seconds = prompt.seconds
@@ -694,9 +698,11 @@ def main(args) -> int:
 
     summaries = []
     for entry in entries:
-        for system, label in (("tts", f"TTS ({synth.codec.name})"), ("real", "real recordings"),
-                              ("roundtrip", f"real, codec round trip ({synth.n_codebooks} codebooks)"),
-                              ("nar_fill", "real layer 1 + NAR layers 2..K (a perfect AR)")):
+        systems = [("tts", f"TTS ({synth.codec.name})"), ("real", "real recordings"),
+                   ("roundtrip", f"real, codec round trip ({synth.n_codebooks} codebooks)")]
+        systems += [(f"layers_{k}", f"real, round trip with the first {k} codebook(s) only") for k in layer_rows]
+        systems += [("nar_fill", "real layer 1 + NAR layers 2..K (a perfect AR)")]
+        for system, label in systems:
             mine = [r for r in rows if r["voice"] == entry.name and r["system"] == system]
             if mine:
                 summaries.append(summarise(mine) | {"label": label, "zero_shot": entry.zero_shot})
@@ -730,11 +736,26 @@ def _at_rate(wav: np.ndarray, sample_rate: int) -> np.ndarray:
     return resample(np.asarray(wav, dtype=np.float32), sample_rate, EVAL_RATE)
 
 
-def _reference_rows(synth, scorer: Scorer, name: str, recordings: list, prompt, prompt_embedding, log) -> list[dict]:
-    """Real ``recordings`` of a voice's speaker, their codec round trips, and their first codebook
-    layer with layers 2..K filled by the NAR (conditioned on the voice's ``prompt`` as in
-    synthesis: what the TTS would give with a perfect AR), scored like the TTS (rows of voice
-    ``name``)."""
+def parse_layer_rows(text: str | None) -> list[int]:
+    """``"1,2,4"`` -> ``[1, 2, 4]`` (sorted, unique, each >= 1); None or ``""`` -> ``[]``."""
+    if not text:
+        return []
+    try:
+        layers = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise TTSError(f"--layer-rows takes comma-separated codebook counts such as 1,2,4, got {text!r}") from None
+    if not layers or layers[0] < 1:
+        raise TTSError(f"--layer-rows: codebook counts must be >= 1, got {text!r}")
+    return layers
+
+
+def _reference_rows(synth, scorer: Scorer, name: str, recordings: list, prompt, prompt_embedding, log,
+                    layer_rows: list[int] = ()) -> list[dict]:
+    """Real ``recordings`` of a voice's speaker, their codec round trips (also with only the first
+    k codebooks, for k in ``layer_rows`` below the NAR's K: how much each layer carries), and their
+    first codebook layer with layers 2..K filled by the NAR (conditioned on the voice's ``prompt``
+    as in synthesis: what the TTS would give with a perfect AR), scored like the TTS (rows of
+    voice ``name``)."""
     import torch
 
     from codec.audio import load_audio
@@ -754,6 +775,9 @@ def _reference_rows(synth, scorer: Scorer, name: str, recordings: list, prompt, 
         codes = codec.encode(torch.from_numpy(wav), rate, bitrate=bitrate)
         decoded = codec.decode(codes, length=wav.shape[-1]).detach().cpu().numpy().reshape(-1)
         systems = [("real", wav[0]), ("roundtrip", decoded)]
+        for k in (k for k in layer_rows if k < codes.shape[1]):
+            truncated = codec.decode(codes[:, :k], length=wav.shape[-1]).detach().cpu().numpy().reshape(-1)
+            systems.append((f"layers_{k}", truncated))
         try:
             target = synth._ids(recording.text) if recording.text.strip() else None
             if target is not None and len(target):
