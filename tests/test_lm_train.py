@@ -127,6 +127,18 @@ def test_splits_cap_and_bucketed_batches_within_the_frame_budget():
     assert all(parts) and sorted(r.id for p in parts for r in p) == sorted(r.id for r in rows)
 
 
+def test_the_dev_batches_spread_over_the_corpus_order():
+    utterances, _ = make_utterances(40)
+    corpus = LMCorpus([u for u in utterances if u.text and u.id != "utt003"], frame_rate=50, max_seconds=20)
+    everything = {row.id for rows in corpus.fixed_batches(10_000) for row in rows}
+    assert everything == {u.id for u in corpus.utterances}
+    chosen = [row.id for rows in corpus.fixed_batches(10_000, limit=4) for row in rows]
+    positions = sorted(u.id for u in corpus.utterances).index
+    spots = sorted(positions(i) for i in chosen)
+    gaps = np.diff(spots)
+    assert len(spots) == 4 and spots[0] == 0 and spots[-1] == len(corpus.utterances) - 1 and gaps.max() - gaps.min() <= 1
+
+
 def test_text_free_utterances_longer_than_the_cap_are_cropped_to_a_random_window():
     from tokenlm.shards import Utterance
 

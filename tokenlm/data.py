@@ -151,9 +151,13 @@ class LMCorpus:
         return self.batch(step_rng(seed, step), batch_frames, text_free_prob, min_rows)
 
     def fixed_batches(self, batch_frames: int, limit: int | None = None) -> list[list[Example]]:
-        """Deterministic batches over the first ``limit`` utterances (sorted by length, text kept,
-        first windows): the dev set of teacher-forced evaluation."""
-        order = np.argsort(self.lengths[:limit] if limit else self.lengths, kind="stable")
+        """Deterministic batches over ``limit`` utterances spread evenly over the corpus order (so
+        every speaker block of the shards is represented), sorted by length, text kept, first
+        windows: the dev set of teacher-forced evaluation."""
+        chosen = np.arange(len(self.lengths))
+        if limit and limit < len(chosen):
+            chosen = np.unique(np.linspace(0, len(chosen) - 1, limit).round().astype(np.int64))
+        order = chosen[np.argsort(self.lengths[chosen], kind="stable")]
         batches, current, longest = [], [], 0
         for index in order:
             longest_with = max(longest, int(self.lengths[index]))
