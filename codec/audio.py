@@ -10,7 +10,6 @@ one-line message that names the file.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from codec.atomic import atomic_output
 from codec.errors import AudioError
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif"}
@@ -173,20 +173,11 @@ def write_audio(path: str | os.PathLike, wav, sample_rate: int, subtype: str | N
     folder = p.parent
     if not folder.is_dir():
         raise _error(path, f"folder {os.fspath(folder)} does not exist")
-    tmp = folder / f".{p.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
-        # os.open (unlike tempfile.mkstemp) creates the file with the usual umask permissions.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_output(p, overwrite=True, what="audio file", error=AudioError) as f:
             sf.write(f, wav.T, sample_rate, format=fmt, subtype=subtype)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except (OSError, RuntimeError, ValueError) as e:
+    except (RuntimeError, ValueError) as e:  # libsndfile's errors; OSErrors are AudioErrors already
         raise _error(path, f"cannot write audio ({e})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def files_in_folder(folder: Path, extensions: Iterable[str]) -> list[Path]:

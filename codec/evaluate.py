@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from codec.atomic import atomic_write_text
 from codec.audio import load_audio, resample
 from codec.errors import AudioError, TokenwaveError
 
@@ -418,13 +419,6 @@ def plot_quality(summaries: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a hidden temporary file beside ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 # ---------------------------------------------------------------------------------------------
 # The command
 
@@ -528,10 +522,10 @@ def main_eval(args) -> int:
               + (f", limit {args.limit}" if args.limit else ""),
               f"{scored} recording(s) scored, {seconds:.1f} s of audio" + (f"; {len(errors)} failure(s)" if errors else "")]
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "results.jsonl",
+    atomic_write_text(out / "results.jsonl",
                 "".join(json.dumps({k: json_safe(v) for k, v in row.items()}) + "\n" for row in rows + summaries + errors)
                 + "".join(json.dumps(row) + "\n" for row in codebooks))
-    write_text_atomic(out / "results.md", results_markdown(summaries, codebooks, header))
+    atomic_write_text(out / "results.md", results_markdown(summaries, codebooks, header))
     plot_quality(summaries, out / "quality_vs_bitrate.png")
 
     print(results_markdown(summaries, [], header).split("\n## Definitions")[0].rstrip())

@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from codec import tokenfile
+from codec.atomic import atomic_output
 from codec.audio import WRITE_FORMATS, load_audio, resample
 from codec.errors import AudioError, TokenFileError, TokenwaveError
 from codec.interface import AudioCodec
@@ -233,7 +234,7 @@ def compress_file(model: AudioCodec, source: Path, target: Path, bitrate: float 
             packer.finish(length=encoder.samples_in)
             best = min(reversed(codings), key=packer.size)  # "auto" keeps range coding only if it is smaller
             target.parent.mkdir(parents=True, exist_ok=True)
-            with tokenfile.atomic_output(target, overwrite=force) as out:
+            with atomic_output(target, force, "token file", TokenFileError) as out:
                 return packer.write_to(out, best)
 
 
@@ -293,7 +294,7 @@ def decompress_file(model: AudioCodec, source: Path, target: Path, force: bool =
                    file=sys.stderr, disable=None if header.length >= PROGRESS_SECONDS * model.sample_rate else True)
         written = 0
         # libsndfile writes through the descriptor itself, so its I/O errors come back as its own.
-        with (tokenfile.atomic_output(target, force, "audio file", AudioError) as f, bar,
+        with (atomic_output(target, force, "audio file", AudioError) as f, bar,
               sf.SoundFile(f.fileno(), "w", model.sample_rate, header.channels, "PCM_16", format=fmt,
                            closefd=False) as out):
             for block in blocks:

@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from codec.atomic import atomic_write_text
 from codec.config import CodecConfig, tiny
 from codec.errors import ModelError
 from codec.interface import AudioCodec
@@ -62,9 +63,7 @@ def write_weights(model: torch.nn.Module, directory: str | Path, config: dict) -
     os.chmod(tmp, 0o644)  # safetensors creates the file readable by its owner only
     os.replace(tmp, directory / WEIGHTS_FILE)
     config = config | {"weights_sha256": file_sha256(directory / WEIGHTS_FILE)}
-    tmp = directory / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, directory / CONFIG_FILE)
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n", "model config", ModelError)
     return directory
 
 

@@ -45,14 +45,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import unicodedata
-import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +59,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from codec.atomic import atomic_write_text
 from codec.audio import load_audio, write_audio
 from codec.errors import AudioError, TokenwaveError
 
@@ -360,16 +359,7 @@ def _existing_duration(path: Path, target_rate: int) -> float | None:
 
 
 def _write_manifest(path: Path, rows: list[dict]) -> None:
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), "manifest")
 
 
 def _select_voices(available: list[Voice], voices) -> list[Voice]:

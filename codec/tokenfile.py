@@ -52,18 +52,16 @@ the bytes actually present before anything is allocated or decoded (``tokenwave 
 Whole files: :func:`pack` / :func:`unpack`. Streams with bounded memory: :class:`StreamPacker`
 (codes pushed in pieces, chunks spooled, header written at the end) and :func:`decode_chunks`
 (everything checked first, then decoded chunk by chunk). Files are written with
-:func:`atomic_output`: a killed writer never leaves a partial file under the final name.
+:func:`codec.atomic.atomic_output`: a killed writer never leaves a partial file under the final name.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import numbers
 import os
 import re
-import secrets
 import shutil
 import struct
 import tempfile
@@ -75,6 +73,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 
 from codec import entropy
+from codec.atomic import atomic_output
 from codec.errors import TokenFileError
 
 __all__ = [
@@ -643,52 +642,12 @@ def unpack_chunk(data: bytes, index: int, probabilities: np.ndarray | None = Non
 # Files
 
 
-@contextlib.contextmanager
-def atomic_output(path, overwrite: bool = False, what: str = "token file", error=TokenFileError):
-    """Write a file atomically: ``with atomic_output(path) as f: f.write(...)``.
-
-    ``f`` is a binary file (readable and seekable too, as libsndfile wants) on a hidden temporary
-    file in the same folder; when the block ends without an exception the data is flushed to
-    disk and only then given the name ``path``, so a process killed at any moment leaves either
-    no file at ``path`` or the complete one (at worst a hidden ``.NAME.XXXXXXXX.tmp`` beside it).
-    An exception removes the temporary file. Refuses to replace an existing file unless
-    ``overwrite``. ``OSError``s become ``error`` (a :class:`TokenwaveError` class) naming ``what``."""
-    path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
-    exists = error(f"{path} already exists (overwrite it explicitly to replace it)")
-    if not overwrite and os.path.lexists(path):
-        raise exists
-    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "w+b") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails atomically if path appeared meanwhile
-            except FileExistsError:
-                raise exists from None
-            except OSError:  # no hard links on this file system
-                if os.path.lexists(path):
-                    raise exists from None
-                os.replace(tmp, path)
-    except OSError as e:
-        raise error(f"cannot write {what} {path}: {e.strerror or e}") from None
-    finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-
-
 def write_token_file(path, data: bytes, overwrite: bool = False) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_output`).
 
     Refuses to replace an existing file unless ``overwrite``; raises :class:`TokenFileError`."""
     data = _as_bytes(data)
-    with atomic_output(path, overwrite) as f:
+    with atomic_output(path, overwrite, "token file", TokenFileError) as f:
         f.write(data)
 
 

@@ -18,7 +18,7 @@ import torch
 from codec import files
 from codec import tokenfile as tf
 from codec.audio import load_audio
-from codec.errors import AudioError, TokenFileError, TokenwaveError
+from codec.errors import AudioError, TokenFileError
 from codec.fuzz import zipf_counts
 from codec.model import weights_fingerprint
 from codec.pretrained import tiny_random
@@ -196,25 +196,6 @@ def test_stream_packer_equals_pack_for_any_pieces():
                 assert buf.getvalue() == tf.pack(codes, header, table)
     with pytest.raises(ValueError, match="shape"), tf.StreamPacker(header, table) as packer:
         packer.push(np.zeros((C, K + 1, 3), np.int64))
-
-
-def test_atomic_output(tmp_path):
-    target = tmp_path / "a.bin"
-    with pytest.raises(KeyError), tf.atomic_output(target) as f:
-        f.write(b"partial")
-        raise KeyError("interrupted")
-    assert list(tmp_path.iterdir()) == []
-    with tf.atomic_output(target) as f:
-        f.write(b"one")
-    with pytest.raises(TokenwaveError, match="already exists"), tf.atomic_output(target) as f:
-        f.write(b"two")
-    assert target.read_bytes() == b"one"
-    with tf.atomic_output(target, overwrite=True) as f:
-        f.write(b"three")
-    assert target.read_bytes() == b"three" and [p.name for p in tmp_path.iterdir()] == ["a.bin"]
-    with pytest.raises(AudioError, match="cannot write audio file"), \
-            tf.atomic_output(tmp_path / "missing" / "x.wav", what="audio file", error=AudioError):
-        pass
 
 
 def test_models_without_streaming_take_the_whole_file_path(tmp_path, model):

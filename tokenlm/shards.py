@@ -32,12 +32,12 @@ import math
 import os
 import re
 import struct
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from codec.atomic import atomic_write_bytes
 from tokenlm.errors import LMError
 from tokenlm.text import PhonemeVocab
 
@@ -285,22 +285,9 @@ def unpack(data: bytes) -> Shard:
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync, rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as error:
-        raise LMError(f"cannot write {path}: {error.strerror or error}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """Write ``data`` to ``path`` atomically (:func:`codec.atomic.atomic_write_bytes`); LMError on failure."""
+    atomic_write_bytes(path, data, "shard file", LMError)
+    return Path(path)
 
 
 def write_shard(path: str | os.PathLike, utterances: list[Utterance], codec_info: dict, vocab: PhonemeVocab,

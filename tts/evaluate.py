@@ -70,7 +70,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from codec.evaluate import json_safe, write_text_atomic
+from codec.atomic import atomic_write_text
+from codec.evaluate import json_safe
 from tts.errors import TTSError
 
 SENTENCES_FILE = Path(__file__).resolve().parent / "eval_sentences.txt"
@@ -354,7 +355,7 @@ def build_unseen_prompt(manifest: Path, folder: Path, speaker: str | None = None
         info["references"].append({"file": ref_path.name, "transcript": " ".join(ref_words),
                                    "seconds": round(len(ref) / sample_rate, 3),
                                    "files": [str(f) for f in ref_files]})
-    write_text_atomic(path.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
+    atomic_write_text(path.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
     return UnseenPrompt(path, " ".join(words), files, refs)
 
 
@@ -721,10 +722,10 @@ def main(args) -> int:
                f"{speed['asr_rtf']:.2f}), Resemblyzer {speed['embed_seconds_per_utterance']:.3f} s per utterance")
     header = [models, inputs, scorers]
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "results.jsonl", "".join(json.dumps({k: json_safe(v) for k, v in row.items()}) + "\n"
+    atomic_write_text(out / "results.jsonl", "".join(json.dumps({k: json_safe(v) for k, v in row.items()}) + "\n"
                                                for row in rows + summaries + targets + [speed]))
     markdown = results_markdown(summaries, targets, header, described)
-    write_text_atomic(out / "results.md", markdown)
+    atomic_write_text(out / "results.md", markdown)
     print(markdown.split("\n## Rows")[0].split("\n## Definitions")[0].rstrip())
     print(f"\nwritten: {', '.join(str(out / name) for name in RESULT_FILES)}")
     return 0

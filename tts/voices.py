@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from codec.atomic import atomic_write_text
 from tts.errors import TTSError
 
 VOICES_DIR = Path(__file__).resolve().parent.parent / "weights" / "voices"
@@ -121,9 +121,7 @@ def save_voice(folder: str | Path, name: str, wav: np.ndarray, sample_rate: int,
     write_audio(folder / f"{name}.flac", wav, VOICE_RATE)
     info = {"name": name, "transcript": transcript.strip(), "speaker": speaker, "source": source,
             "source_file": source_file, "licence": licence, "seconds": round(seconds, 3), "description": description}
-    tmp = folder / f".{name}.json.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, folder / f"{name}.json")
+    atomic_write_text(folder / f"{name}.json", json.dumps(info, indent=2, ensure_ascii=False) + "\n", "voice", TTSError)
     return read_voice(folder / f"{name}.json")
 
 
