@@ -55,6 +55,18 @@ def test_long_sentences_are_cut_at_clauses_then_between_words():
     assert [len(p.split()) for p in split_long(words, 20)] == [15, 15, 15]
 
 
+def test_short_sentences_are_joined_to_a_neighbour_in_their_paragraph():
+    text = "End quote. As she said these words, she pointed to her elbow. Did he? Yes!\n\nNo.\n\nIt was late. Fine."
+    chunks = split_text(text, min_words=3)
+    assert [c.text for c in chunks] == ["End quote. As she said these words, she pointed to her elbow.",
+                                        "Did he? Yes!", "No.", "It was late. Fine."]
+    assert [c.kind for c in chunks] == ["sentence", "paragraph", "paragraph", "paragraph"]
+    assert [c.text for c in split_text("One two. Three four five six.", max_words=5, min_words=3)] == [
+        "One two.", "Three four five six."]  # together they would be too long
+    assert split_text(text) == split_text(text, min_words=1)  # the default joins nothing
+    assert len(split_text(text)) == 7
+
+
 @pytest.mark.parametrize("text", ["", "   ", "... !!! ---", "\n\n"])
 def test_split_text_without_words_is_an_error(text):
     with pytest.raises(TTSError, match="no text to speak"):
@@ -85,10 +97,10 @@ def _speech_like(seconds: float, rate: int, channels: int = 1, seed: int = 0) ->
 
 
 def test_synthesize_returns_float_audio_made_of_chunks_and_pauses(synth):
-    text = "Hello there. This is the second sentence! And a third one?"
+    text = "Hello there, everyone. This is the second sentence! And a third one?"
     result = synth.run(text, voice="kathleen", seed=0)
     assert result.sample_rate == 16_000 and result.audio.dtype == np.float32 and result.audio.ndim == 1
-    assert [c.text for c in result.chunks] == ["Hello there.", "This is the second sentence!", "And a third one?"]
+    assert [c.text for c in result.chunks] == ["Hello there, everyone.", "This is the second sentence!", "And a third one?"]
     pauses = [round(c.pause * 16_000) for c in result.chunks]
     assert len(result.audio) == sum(len(c.audio) for c in result.chunks) + sum(pauses)
     assert pauses[-1] == 0 and pauses[0] == round(PAUSES["sentence"] * 16_000)
@@ -104,7 +116,7 @@ def test_synthesize_returns_float_audio_made_of_chunks_and_pauses(synth):
 
 
 def test_batch_synthesis_of_many_texts(synth):
-    texts = ["One.", "Two sentences here. Yes.", "The third text is a little longer than the others."]
+    texts = ["One.", "Two sentences here. Yes, there are.", "The third text is a little longer than the others."]
     outputs = synth.synthesize_batch(texts, voice="ljspeech", seed=3)
     assert len(outputs) == 3 and all(rate == 16_000 for _, rate in outputs)
     results = synth.run_batch(texts, voice="ljspeech", seed=3)
@@ -201,11 +213,11 @@ def test_long_prompt_is_cut_and_loud_prompt_levelled(synth, tmp_path):
 
 
 def test_stream_yields_small_pieces_first_chunk_short(synth):
-    text = "Hello there my dear friend, how are you doing on this fine and sunny day? Very well."
+    text = "Hello there my dear friend, how are you doing on this fine and sunny day? Very well indeed."
     pieces = list(synth.stream(text, voice="kathleen", seed=0))
     chunks = synth.last_chunks
     assert len(chunks[0].text.split()) <= synth.config.first_chunk_words
-    assert [c.text for c in chunks][-1] == "Very well."
+    assert [c.text for c in chunks][-1] == "Very well indeed."
     assert all(len(p) <= synth.config.stream_frames * 320 or not p.any() for p in pieces)
     total = sum(len(c.audio) + round(c.pause * 16_000) for c in chunks)
     assert sum(len(p) for p in pieces) == total
@@ -291,7 +303,7 @@ def test_speak_text_from_argument_file_and_stdin(tmp_path, monkeypatch, capsys):
     assert "1 chunk(s)" in capsys.readouterr().out
 
     text_file = tmp_path / "story.txt"
-    text_file.write_text("First sentence. Second sentence.\n\nThird, in a new paragraph.\n", encoding="utf-8")
+    text_file.write_text("The first sentence. The second sentence.\n\nThird, in a new paragraph.\n", encoding="utf-8")
     assert cli_main(["speak", "-f", str(text_file), "-o", str(tmp_path / "b.wav"), *TINY]) == 0
     assert "3 chunk(s)" in capsys.readouterr().out
 

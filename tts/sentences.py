@@ -8,7 +8,10 @@ the sequence with the target, so long text is spoken chunk by chunk:
    white space and a capital letter, digit, quote or bracket; a period after a known
    abbreviation (``Mr.``, ``Dr.``, ``e.g.`` ...) or a single letter (an initial, ``J. Smith``)
    does not end a sentence;
-3. a sentence longer than ``max_words`` is cut at clause punctuation (``, ; : —``) into pieces of
+3. with ``min_words`` > 1, a sentence of fewer words is joined to its neighbour in the paragraph
+   (the next one; the previous one at the paragraph's end) when both fit in ``max_words``: the
+   AR speaks one- or two-word chunks ("End quote.") badly, often as near-silence;
+4. a sentence longer than ``max_words`` is cut at clause punctuation (``, ; : —``) into pieces of
    at most ``max_words`` words, as evenly as the punctuation allows; a piece still too long is
    cut between words into equal parts.
 
@@ -71,6 +74,33 @@ def split_sentences(paragraph: str) -> list[str]:
     return [s for s in sentences if s]
 
 
+def join_short(sentences: list[str], min_words: int, max_words: int = MAX_WORDS) -> list[str]:
+    """``sentences`` with each one of fewer than ``min_words`` words joined to the next one (the
+    last one to the previous one) when the two together have at most ``max_words``."""
+    def count(text: str) -> int:
+        return len(text.split())
+
+    joined: list[str] = []
+    pending: str | None = None  # a short sentence waiting for the next one
+    for sentence in sentences:
+        if pending is not None:
+            if count(pending) + count(sentence) <= max_words:
+                sentence = f"{pending} {sentence}"
+            else:
+                joined.append(pending)
+            pending = None
+        if count(sentence) < min_words:
+            pending = sentence
+        else:
+            joined.append(sentence)
+    if pending is not None:
+        if joined and count(joined[-1]) + count(pending) <= max_words:
+            joined[-1] = f"{joined[-1]} {pending}"
+        else:
+            joined.append(pending)
+    return joined
+
+
 def _even_cut(words: list[str], max_words: int) -> list[list[str]]:
     parts = math.ceil(len(words) / max_words)
     size = math.ceil(len(words) / parts)
@@ -92,8 +122,10 @@ def split_long(sentence: str, max_words: int = MAX_WORDS) -> list[str]:
     return [" ".join(part) for part in _even_cut(words, max_words)]
 
 
-def split_text(text: str, max_words: int = MAX_WORDS, pauses: dict[str, float] | None = None) -> list[Chunk]:
-    """``text`` -> chunks of at most ``max_words`` words with the pause after each.
+def split_text(text: str, max_words: int = MAX_WORDS, pauses: dict[str, float] | None = None,
+               min_words: int = 1) -> list[Chunk]:
+    """``text`` -> chunks of at most ``max_words`` words with the pause after each; sentences of
+    fewer than ``min_words`` words are joined to a neighbour (:func:`join_short`).
 
     Raises:
         TTSError: the text holds nothing to speak (no letter or digit), or ``max_words < 1``.
@@ -104,7 +136,7 @@ def split_text(text: str, max_words: int = MAX_WORDS, pauses: dict[str, float] |
     chunks: list[Chunk] = []
     for paragraph in re.split(r"\n\s*\n", text.replace("\r\n", "\n")):
         paragraph = " ".join(paragraph.split())
-        for sentence in split_sentences(paragraph):
+        for sentence in join_short(split_sentences(paragraph), min_words, max_words):
             pieces = [p for p in split_long(sentence, max_words) if _SPEAKABLE.search(p)]
             for i, piece in enumerate(pieces):
                 kind = "sentence" if i == len(pieces) - 1 else "clause"

@@ -95,6 +95,7 @@ class SynthesisConfig:
     max_prompt_seconds: float = 10.0
     no_transcript: str = "auto"
     first_chunk_words: int = 8
+    min_words: int = 3  # shorter sentences are joined to a neighbour (tts.sentences.join_short)
     stream_frames: int = 25
     output_dbfs: float | None = -20.0  # None: keep the generated level
     pace: tuple[float, float] | None = (0.7, 1.8)  # length guards x the prompt's frames/phoneme; None: off
@@ -106,8 +107,8 @@ class SynthesisConfig:
             self.sampling = SamplingConfig()
         if self.no_transcript not in NO_TRANSCRIPT_MODES:
             raise TTSError(f"no_transcript must be one of {', '.join(NO_TRANSCRIPT_MODES)}, got {self.no_transcript!r}")
-        if self.batch_size < 1 or self.retries < 0 or self.max_words < 1 or self.first_chunk_words < 1:
-            raise TTSError("batch_size, max_words and first_chunk_words must be >= 1, retries >= 0")
+        if min(self.batch_size, self.max_words, self.first_chunk_words, self.min_words) < 1 or self.retries < 0:
+            raise TTSError("batch_size, max_words, first_chunk_words and min_words must be >= 1, retries >= 0")
         if self.pace is not None and not 0.0 < self.pace[0] < self.pace[1]:
             raise TTSError(f"pace must be (low, high) with 0 < low < high, got {self.pace}")
         if self.stream_frames < 1 or not self.max_prompt_seconds >= MIN_PROMPT_SECONDS:
@@ -467,7 +468,7 @@ class Synthesizer:
             raise TTSError("run_batch takes a list of texts")
         began = time.perf_counter()
         speaker = self.prepare_prompt(voice, prompt, prompt_text)
-        per_text = [split_text(t, self.config.max_words, self.config.pauses) for t in texts]
+        per_text = [split_text(t, self.config.max_words, self.config.pauses, self.config.min_words) for t in texts]
         flat = [c for chunks in per_text for c in chunks]
         results = self._synthesize_chunks(speaker, flat, seed, progress)
         taken = (time.perf_counter() - began) / max(1, len(texts))
@@ -497,7 +498,7 @@ class Synthesizer:
         most ``first_chunk_words`` words), each in pieces of ``stream_frames`` frames, then its
         pause. ``self.last_chunks`` holds the chunk results so far."""
         speaker = self.prepare_prompt(voice, prompt, prompt_text)
-        chunks = split_text(text, self.config.max_words, self.config.pauses)
+        chunks = split_text(text, self.config.max_words, self.config.pauses, self.config.min_words)
         first = split_long(chunks[0].text, self.config.first_chunk_words)
         if len(first) > 1:
             clause = {**PAUSES, **self.config.pauses}["clause"]
