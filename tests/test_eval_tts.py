@@ -85,6 +85,23 @@ def test_shipped_sentences_were_never_seen_in_training():
     assert not seen & {_key(s) for s in sentences}
 
 
+def test_recognition_does_not_depend_on_what_was_decoded_before():
+    _scorers_or_skip()
+    from codec.audio import load_audio
+    from tts.asr import Recognizer
+
+    # Before each utterance got a fresh feature state, this recording came out three ways.
+    files = [SHARED / "speech" / "kathleen" / f"arctic_a{n:04d}.flac" for n in (301, 1, 41, 101)]
+    if not all(f.is_file() for f in files):
+        pytest.skip("the shared Kathleen recordings are not available here")
+    wavs = [load_audio(f, 16_000)[0][0] for f in files]
+    recognizer = Recognizer()
+    first = recognizer.transcribe(wavs[0], 16_000)
+    for wav in wavs[1:]:
+        recognizer.transcribe(wav, 16_000)
+    assert recognizer.transcribe(wavs[0], 16_000) == first == Recognizer().transcribe(wavs[0], 16_000)
+
+
 def test_layer_rows_option():
     assert parse_layer_rows(None) == [] and parse_layer_rows("4, 1,2,2") == [1, 2, 4]
     for bad in ("one", "0,2", ","):

@@ -41,6 +41,9 @@ class Recognizer:
 
         wav = resample(np.asarray(wav, dtype=np.float32).reshape(-1), sample_rate, ASR_RATE)
         pcm = np.round(np.clip(wav, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        # A fresh feature state (live cepstral mean normalisation) for every utterance: otherwise the
+        # words found depend on what was decoded before (measured: the same recording, three results).
+        self.decoder.reinit_feat()
         self.decoder.start_utt()
         self.decoder.process_raw(pcm, full_utt=True)
         self.decoder.end_utt()
