@@ -71,6 +71,11 @@ MODEL_OPTIONS = ("d_model", "n_layers", "n_heads", "ff_mult", "dropout")
 DATA_OPTIONS = ("seed", "batch_frames", "text_free_prob", "max_seconds", "n_buckets")  # decide the batch of a step
 
 
+def shard_folders(shards) -> list[str]:
+    """``--shards``: one folder (a string or path) or several, as a list of strings."""
+    return [str(shards)] if isinstance(shards, (str, Path)) else [str(folder) for folder in shards]
+
+
 @dataclass
 class TrainLMConfig:
     stage: str  # "ar" or "nar"
@@ -101,7 +106,7 @@ class TrainLMConfig:
     model: dict = field(default_factory=dict)  # LMConfig overrides: d_model, n_layers, n_heads, ...
 
     def __post_init__(self) -> None:
-        self.shards = [str(self.shards)] if isinstance(self.shards, (str, Path)) else [str(s) for s in self.shards]
+        self.shards = shard_folders(self.shards)
         checks = {
             f"--stage must be ar or nar, got {self.stage!r}": self.stage in MODELS,
             "--steps must be positive": self.steps > 0,
@@ -247,7 +252,7 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
     if checkpoint is not None and distributed.is_main:
         before = checkpoint.get("train", {})
         changed = [key for key in DATA_OPTIONS if key in before and before[key] != getattr(config, key)]
-        if "shards" in before and TrainLMConfig("ar", before["shards"], "").shards != config.shards:
+        if "shards" in before and shard_folders(before["shards"]) != config.shards:
             changed.append("shards")
         if changed:
             tqdm.write(f"note: {', '.join(changed)} changed since the checkpoint: the data order differs from the "
@@ -408,12 +413,11 @@ class BestExport:
         self.folder = folder
         self.dev_set = dev_set
         self.loss = float("inf")
-        self.step: int | None = None
         if (folder / "config.json").is_file():
             try:
                 kept = read_lm_info(folder)["extra"]["training"]["best"]
                 if kept["dev_set"] == dev_set:
-                    self.loss, self.step = float(kept["dev_loss"]), int(kept["step"])
+                    self.loss = float(kept["dev_loss"])
             except (LMError, KeyError, TypeError, ValueError):
                 pass  # an unreadable or older best export is replaced by the next evaluation
 
@@ -425,7 +429,6 @@ class BestExport:
         return True
 
     def save(self, model: torch.nn.Module, vocab, codec_info: dict, config: TrainLMConfig, step: int) -> Path:
-        self.step = step
         return export(model, self.folder, vocab, codec_info, config, step,
                       best={"step": step, "dev_loss": self.loss, "dev_set": self.dev_set})
 
