@@ -334,11 +334,15 @@ def shard_files(folder: str | os.PathLike) -> list[Path]:
     return found
 
 
+def shard_folders(folders: str | os.PathLike | list) -> list[str]:
+    """One shard folder (a string or path) or several, as a list of strings."""
+    return [os.fspath(folders)] if isinstance(folders, (str, os.PathLike)) else [os.fspath(f) for f in folders]
+
+
 def read_corpus(folders: str | os.PathLike | list) -> Shard:
     """Every shard of one folder, or of several (``[folder, ...]``), merged into one :class:`Shard`;
     all must share codec info and vocabulary, and utterance ids must be unique across them."""
-    if isinstance(folders, (str, os.PathLike)):
-        folders = [folders]
+    folders = shard_folders(folders)
     if not folders:
         raise LMError("no shard folder given")
     merged: Shard | None = None

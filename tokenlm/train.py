@@ -65,15 +65,11 @@ from tokenlm.config import LMConfig
 from tokenlm.data import LMCorpus, batch_digest, rank_slice, split_utterances, training_utterances
 from tokenlm.errors import LMError
 from tokenlm.nar import NARModel, nar_loss
+from tokenlm.shards import shard_folders
 
 MODELS = {"ar": ARModel, "nar": NARModel}
 MODEL_OPTIONS = ("d_model", "n_layers", "n_heads", "ff_mult", "dropout")
 DATA_OPTIONS = ("seed", "batch_frames", "text_free_prob", "max_seconds", "n_buckets")  # decide the batch of a step
-
-
-def shard_folders(shards) -> list[str]:
-    """``--shards``: one folder (a string or path) or several, as a list of strings."""
-    return [str(shards)] if isinstance(shards, (str, Path)) else [str(folder) for folder in shards]
 
 
 @dataclass
