@@ -244,7 +244,9 @@ def cmd_train_codec(args) -> int:
                          crop_seconds=args.crop_seconds, lr=args.lr, checkpoint_every=args.checkpoint_every,
                          eval_every=args.checkpoint_every, seed=args.seed, threads=args.threads, resume=args.resume,
                          device=args.device, adversarial=args.adversarial,
-                         adversarial_start=args.adversarial_start, codec=codec_config)
+                         adversarial_start=args.adversarial_start, codec=codec_config,
+                         warmup_steps=args.warmup_steps, init=args.init, decoder_only=args.decoder_only,
+                         complex_loss_weight=args.complex_loss_weight)
     export = train_codec(config)
     print(f"weights exported to {export}")
     return 0
@@ -315,6 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train a multi-scale STFT discriminator (adversarial + feature-matching losses)")
     p.add_argument("--adversarial-start", type=int, default=0, metavar="STEP",
                    help="with --adversarial: reconstruction losses only before this step (default 0)")
+    p.add_argument("--warmup-steps", type=int, default=500, help="linear learning-rate warm-up (default 500)")
+    p.add_argument("--init", metavar="MODEL",
+                   help="start a new run from these codec weights (a shipped name or an exported folder)")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="train the decoder alone; encoder and codebooks stay fixed, so the codes (token files, "
+                        "token LM shards) do not change")
+    p.add_argument("--complex-loss-weight", type=float, default=0.0, metavar="W",
+                   help="add W x the compressed complex spectral loss, which asks for the phase too (default 0)")
     p.add_argument("--codec-config", help=argparse.SUPPRESS)  # JSON object of CodecConfig fields (tests: a tiny codec)
     p.set_defaults(func=cmd_train_codec)
 

@@ -74,14 +74,14 @@ def make_context() -> Context:
     """The tiny 16 kHz test codec with skewed entropy tables, and a corpus of valid files."""
     import torch
 
-    from codec.model import weights_fingerprint
+    from codec.model import token_fingerprint
     from codec.pretrained import tiny_random
 
     model = tiny_random(16_000)
     rng = np.random.default_rng(20240501)
     counts = zipf_counts(rng, model.max_codebooks, model.codebook_size)
     model.code_counts.copy_(torch.from_numpy(counts))
-    model._fingerprint = weights_fingerprint(model.state_dict())
+    model._fingerprint = token_fingerprint(model.state_dict())
     other = entropy.probabilities_from_counts(zipf_counts(rng, model.max_codebooks, model.codebook_size, 1.5))
     ctx = Context(model, model.probabilities(), other)
     shapes = [  # (C, K, T, chunk_frames)

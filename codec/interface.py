@@ -52,7 +52,7 @@ class AudioCodec(ABC):
 
     @property
     def fingerprint(self) -> str:
-        """A short hash of the weights, written into token files to pair them with this model."""
+        """A short hash of the weights that decide the codes, written into token files to pair them with this model."""
         raise NotImplementedError
 
     @abstractmethod

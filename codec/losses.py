@@ -34,15 +34,24 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0
 
 
 class SpectralLoss(nn.Module):
-    """Sum over resolutions of log-magnitude L1 + spectral convergence + log-mel L1.
+    """Sum over resolutions of log-magnitude L1 + spectral convergence + log-mel L1, plus
+    ``complex_weight`` x the compressed complex spectral loss.
+
+    The magnitude terms leave the phase free. The complex term compares ``|S|^0.3 e^{i phase}``
+    of prediction and target (mean squared distance; the power-law compression as in speech
+    enhancement's "compressed complex" losses), so it also asks for the target's phase wherever
+    the codes determine it.
 
     ``pred``, ``target``: ``[B, 1, N]`` -> scalar; the parts are returned in a dict for logging.
     """
 
-    def __init__(self, sample_rate: int, resolutions=(256, 512, 1024, 2048), mel_weight: float = 1.0):
+    def __init__(self, sample_rate: int, resolutions=(256, 512, 1024, 2048), mel_weight: float = 1.0,
+                 complex_weight: float = 0.0, compression: float = 0.3):
         super().__init__()
         self.resolutions = list(resolutions)
         self.mel_weight = mel_weight
+        self.complex_weight = complex_weight
+        self.compression = compression
         for n_fft in self.resolutions:
             n_mels = min(128, n_fft // 8)
             self.register_buffer(f"window_{n_fft}", torch.hann_window(n_fft), persistent=False)
@@ -51,10 +60,18 @@ class SpectralLoss(nn.Module):
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
         pred, target = pred.reshape(-1, pred.shape[-1]), target.reshape(-1, target.shape[-1])
         parts = {"log_magnitude": 0.0, "convergence": 0.0, "mel": 0.0}
+        if self.complex_weight:
+            parts["complex"] = 0.0
         for n_fft in self.resolutions:
             window, mel = getattr(self, f"window_{n_fft}"), getattr(self, f"mel_{n_fft}")
-            p = torch.stft(pred, n_fft, n_fft // 4, window=window, return_complex=True).abs()
-            t = torch.stft(target, n_fft, n_fft // 4, window=window, return_complex=True).abs()
+            p_spec = torch.stft(pred, n_fft, n_fft // 4, window=window, return_complex=True)
+            t_spec = torch.stft(target, n_fft, n_fft // 4, window=window, return_complex=True)
+            p, t = p_spec.abs(), t_spec.abs()
+            if self.complex_weight:
+                exponent = self.compression - 1.0  # S * |S|^(c - 1) = |S|^c e^{i phase}
+                p_c = p_spec * p.clamp_min(1e-5) ** exponent
+                t_c = t_spec * t.clamp_min(1e-5) ** exponent
+                parts["complex"] = parts["complex"] + (p_c - t_c).abs().pow(2).mean()
             # Floor at 1e-5 (about -100 dB): inaudible bins should not dominate the log loss.
             parts["log_magnitude"] = parts["log_magnitude"] + (p.clamp_min(1e-5).log() - t.clamp_min(1e-5).log()).abs().mean()
             parts["convergence"] = parts["convergence"] + torch.linalg.norm(p - t) / torch.linalg.norm(t).clamp_min(1e-7)
@@ -63,6 +80,8 @@ class SpectralLoss(nn.Module):
         scale = 1.0 / len(self.resolutions)
         parts = {k: v * scale for k, v in parts.items()}
         total = parts["log_magnitude"] + parts["convergence"] + self.mel_weight * parts["mel"]
+        if self.complex_weight:
+            total = total + self.complex_weight * parts["complex"]
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
 

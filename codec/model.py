@@ -117,14 +117,15 @@ class CodecModel(nn.Module, AudioCodec, CodecHubMixin):
 
     @property
     def fingerprint(self) -> str:
-        """First 16 hex digits of a SHA-256 over the weights (as float32), names sorted."""
+        """Identifies the token space: :func:`token_fingerprint` of the weights. A decoder trained
+        further (``train-codec --decoder-only``) keeps it, so its token files and token LMs stay valid."""
         if self._fingerprint is None:
-            return weights_fingerprint(self.state_dict())
+            return token_fingerprint(self.state_dict())
         return self._fingerprint
 
     def prepare_for_inference(self) -> CodecModel:
         """Eval mode, encoder and codebooks in float64 (bit-exact streaming), decoder as is."""
-        self._fingerprint = weights_fingerprint(self.state_dict())
+        self._fingerprint = token_fingerprint(self.state_dict())
         self.eval()
         self.encoder.double()
         self.quantizer.double()
@@ -240,10 +241,12 @@ class CodecModel(nn.Module, AudioCodec, CodecHubMixin):
         return probabilities_from_counts(self.code_counts.double().cpu().numpy())
 
 
-def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over tensor names and float32 values, sorted by name -> 16 hex digits."""
+def token_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over tensor names and float32 values, sorted by name -> 16 hex digits, of every
+    tensor but the decoder's (``decoder.*``): the encoder, the codebooks and the entropy-coding
+    tables decide the codes and the token files; the decoder only turns codes into audio."""
     digest = hashlib.sha256()
-    for name in sorted(state_dict):
+    for name in sorted(n for n in state_dict if not n.startswith("decoder.")):
         digest.update(name.encode())
         digest.update(state_dict[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]

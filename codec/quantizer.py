@@ -142,6 +142,7 @@ class ResidualVectorQuantizer(nn.Module):
         self.num_codebooks = num_codebooks
         self.codebook_size = codebook_size
         self.dropout = dropout
+        self.learn_codebooks = True  # False: training mode still drops levels, but codebooks stay as they are
         self.codebooks = nn.ModuleList(
             EMACodebook(dim, codebook_size, decay, dead_code_threshold, kmeans_iters)
             for _ in range(num_codebooks)
@@ -163,7 +164,7 @@ class ResidualVectorQuantizer(nn.Module):
         for level, codebook in enumerate(self.codebooks):
             flat = rearrange(residual.detach(), "b t d -> (b t) d")
             index = codebook.nearest(flat)
-            if self.training:
+            if self.training and self.learn_codebooks:
                 codebook.update(flat, index)
             code = codebook.lookup(index).view_as(residual)
             active = (level < num_codebooks).to(x.dtype)[:, None, None]  # [B, 1, 1]

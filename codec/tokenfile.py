@@ -19,7 +19,7 @@ Layout (all integers little-endian)::
 Header fields (all required, no others allowed):
 
     model          str    codec name, 1-256 characters, no control characters
-    model_hash     str    hex fingerprint of the codec's weights (1-128 hex digits)
+    model_hash     str    hex fingerprint of the codec's token space (1-128 hex digits)
     sample_rate    int    1 .. 768000 Hz
     frame_rate     float  code frames per second, 0 < frame_rate <= sample_rate
     num_codebooks  int    K, codebooks used, 1 .. 64

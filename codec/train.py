@@ -102,6 +102,9 @@ class TrainConfig:
     feature_matching_weight: float = 2.0  # x feature-matching loss, added to the generator's loss
     discriminator: dict = field(default_factory=dict)  # MultiScaleSTFTDiscriminator options (n_ffts, channels)
     codec: dict = field(default_factory=dict)
+    init: str | None = None  # a fresh run starts from these codec weights (name or folder), not at random
+    complex_loss_weight: float = 0.0  # x compressed complex spectral loss (asks for the phase too)
+    decoder_only: bool = False  # train the decoder alone: encoder and codebooks (the token space) stay fixed
 
 
 def draw_batch(corpus: AudioCorpus, seed: int, step: int, batch_size: int, crop: int,
@@ -144,8 +147,9 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 
 def save_checkpoint(out_dir: Path, step: int, model, optimizer, codec_config: CodecConfig, keep: int = 3,
-                    discriminator=None, discriminator_optimizer=None) -> Path:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": codec_config.to_dict()}
+                    discriminator=None, discriminator_optimizer=None, decoder_only: bool = False) -> Path:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": codec_config.to_dict(),
+             "decoder_only": decoder_only}
     if discriminator is not None:
         state |= {"discriminator": discriminator.state_dict(), "discriminator_optimizer": discriminator_optimizer.state_dict()}
     return checkpoints.save_checkpoint(out_dir, step, state, keep)
@@ -200,7 +204,16 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = checkpoints.resume_checkpoint(out_dir, config.resume, required=("model", "optimizer", "step", "config"))
-    codec_config = CodecConfig.from_dict(checkpoint["config"]) if checkpoint else CodecConfig(**config.codec)
+    if checkpoint and bool(checkpoint.get("decoder_only", False)) != config.decoder_only:
+        mode = "with" if checkpoint.get("decoder_only", False) else "without"
+        raise TokenwaveError(f"the run in {out_dir} was trained {mode} --decoder-only: resume it the same way")
+    initial = initial_weights(config.init) if config.init and not checkpoint else None
+    if checkpoint:
+        codec_config = CodecConfig.from_dict(checkpoint["config"])
+    elif initial is not None:
+        codec_config = initial.config
+    else:
+        codec_config = CodecConfig(**config.codec)
 
     recordings = [r for manifest in config.manifests for r in read_manifest(manifest)]
     train_set = AudioCorpus(select_split(recordings, "train"), codec_config.sample_rate, progress=main)
@@ -217,8 +230,16 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
     if checkpoint:
         model.load_state_dict(checkpoint["model"])
         start = checkpoint["step"]
+    elif initial is not None:
+        model.load_state_dict({name: value.float() for name, value in initial.state_dict().items()})
+        del initial
+        if main:
+            tqdm.write(f"initialised from {config.init}")
+    if config.decoder_only:
+        freeze_token_space(model)
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.8, 0.99), weight_decay=0.01)
+    trained = model.decoder if config.decoder_only else model
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=config.lr, betas=(0.8, 0.99), weight_decay=0.01)
     if checkpoint:
         optimizer.load_state_dict(checkpoint["optimizer"])
         if main:
@@ -230,7 +251,7 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
     net = wrap_ddp(model, device, distributed, **no_buffer_broadcast())
     if discriminator is not None:  # averages its gradients over the processes' slices of the batch
         d_net = wrap_ddp(discriminator, device, distributed, **no_buffer_broadcast())
-    loss_fn = SpectralLoss(codec_config.sample_rate).to(device)
+    loss_fn = SpectralLoss(codec_config.sample_rate, complex_weight=config.complex_loss_weight).to(device)
     crop = int(config.crop_seconds * codec_config.sample_rate) // codec_config.hop_length * codec_config.hop_length
     if discriminator is not None and crop < max(scale.n_fft for scale in discriminator.scales):
         raise TokenwaveError(f"--adversarial needs crops of at least {max(s.n_fft for s in discriminator.scales)} samples")
@@ -278,11 +299,30 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
                 _check_codebooks_agree(model, distributed, device)
                 if main:
                     # Export first: it recounts code_counts, which the checkpoint then holds too.
-                    export(model, train_set, out_dir / "export", step + 1)
+                    export(model, train_set, out_dir / "export", step + 1, count=not config.decoder_only)
                     save_checkpoint(out_dir, step + 1, model, optimizer, codec_config,
-                                    discriminator=discriminator, discriminator_optimizer=d_optimizer)
+                                    discriminator=discriminator, discriminator_optimizer=d_optimizer,
+                                    decoder_only=config.decoder_only)
                 distributed.barrier()  # the others wait for the checkpoint and the export
     return out_dir / "export"
+
+
+def initial_weights(name_or_path: str) -> CodecModel:
+    """The codec to start a fresh run from: a shipped model's name or a folder written by export."""
+    from codec.pretrained import load
+
+    model = load(name_or_path)
+    if not isinstance(model, CodecModel):
+        raise TokenwaveError(f"--init {name_or_path}: not a tokenwave codec (only those can be trained here)")
+    return model
+
+
+def freeze_token_space(model: CodecModel) -> None:
+    """Fix what decides the codes (encoder weights and codebooks) so that training changes the
+    decoder alone: token files and token LMs made with the model stay valid."""
+    model.encoder.requires_grad_(False)
+    model.quantizer.requires_grad_(False)
+    model.quantizer.learn_codebooks = False
 
 
 def _discriminator(config: TrainConfig, codec_config: CodecConfig, checkpoint: dict | None, device: torch.device,
@@ -343,7 +383,9 @@ def _discriminator_step(d_net, discriminator, d_optimizer, wav: torch.Tensor, re
             "g_fm": feature_matching_loss(real_features, fake_features)}
 
 
-def export(model: CodecModel, corpus: AudioCorpus, directory: Path, step: int) -> None:
-    """Float16 weights + config with entropy tables counted on training crops."""
-    model.code_counts.copy_(count_codes(model, corpus))
+def export(model: CodecModel, corpus: AudioCorpus, directory: Path, step: int, count: bool = True) -> None:
+    """Float16 weights + config with entropy tables counted on training crops (``count=False``:
+    the tables stay as they are, as in a decoder-only run, where they belong to the fixed token space)."""
+    if count:
+        model.code_counts.copy_(count_codes(model, corpus))
     save_pretrained(model, directory, extra={"training": {"steps": step}})

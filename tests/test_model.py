@@ -250,3 +250,31 @@ def test_load_from_the_local_hub_cache(tmp_path, monkeypatch, model16):
     assert loaded.fingerprint == load_pretrained(snapshot).fingerprint
     with pytest.raises(ModelError, match="never downloads"):
         codec.load("someone/absent-codec")
+
+
+def test_fingerprint_covers_the_token_space_not_the_decoder():
+    model = CodecModel(tiny())  # not prepared for inference: the fingerprint is not cached
+    before = model.fingerprint
+    with torch.no_grad():
+        model.decoder.proj_in.weight.add_(0.1)
+    assert model.fingerprint == before  # a retrained decoder reads the same token files
+    with torch.no_grad():
+        model.encoder.proj_in.weight.add_(0.1)
+    assert model.fingerprint != before
+    changed = model.fingerprint
+    model.code_counts[0, 0] += 1  # the entropy-coding tables are part of the token files
+    assert model.fingerprint != changed
+    changed = model.fingerprint
+    with torch.no_grad():
+        model.quantizer.codebooks[0].embed[0] += 1
+    assert model.fingerprint != changed
+
+
+def test_frozen_codebooks_still_drop_levels_but_do_not_learn():
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(8, 3, 16, dropout=1.0)
+    rvq.learn_codebooks = False
+    before = {k: v.clone() for k, v in rvq.state_dict().items()}
+    out = rvq.train()(torch.randn(32, 10, 8))
+    assert all(torch.equal(before[k], v) for k, v in rvq.state_dict().items())
+    assert (out.num_codebooks < 3).any()  # quantizer dropout still trains the decoder for every bitrate

@@ -20,7 +20,7 @@ from codec import tokenfile as tf
 from codec.audio import load_audio
 from codec.errors import AudioError, TokenFileError
 from codec.fuzz import zipf_counts
-from codec.model import weights_fingerprint
+from codec.model import token_fingerprint
 from codec.pretrained import tiny_random
 from codec.streaming import StreamingDecoder, StreamingEncoder
 
@@ -40,7 +40,7 @@ def model():
     """The tiny codec with skewed entropy tables, as trained ones have."""
     m = tiny_random(16_000)
     m.code_counts.copy_(torch.from_numpy(zipf_counts(np.random.default_rng(1), m.max_codebooks, m.codebook_size)))
-    m._fingerprint = weights_fingerprint(m.state_dict())
+    m._fingerprint = token_fingerprint(m.state_dict())
     return m
 
 

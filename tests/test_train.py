@@ -22,6 +22,7 @@ import codec
 from codec.config import tiny
 from codec.data import AudioCorpus, read_manifest, select_split, step_rng
 from codec.errors import TokenwaveError
+from codec.files import decode_bytes, encode_audio
 from codec.train import TrainConfig, _summary_writer, draw_batch, lr_at, train_codec
 
 
@@ -231,3 +232,34 @@ def _adversarial_driver(manifest: str, out: str) -> None:
 
 if __name__ == "__main__":
     _adversarial_driver(sys.argv[1], sys.argv[2])
+
+
+def test_decoder_only_run_keeps_the_token_space(tmp_path):
+    manifest = make_manifest(tmp_path)
+    train_codec(config(tmp_path, manifest, steps=10))
+    first = tmp_path / "run" / "export"
+    tuned = dataclasses.replace(config(tmp_path, manifest, steps=10), out_dir=str(tmp_path / "tuned"),
+                                init=str(first), decoder_only=True, complex_loss_weight=1.0)
+    train_codec(tuned)
+    before, after = codec.load(str(first)), codec.load(str(tmp_path / "tuned" / "export"))
+    old, new = before.state_dict(), after.state_dict()
+    assert all(torch.equal(old[k], new[k]) for k in old if not k.startswith("decoder."))  # codebooks, tables too
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
+    assert after.fingerprint == before.fingerprint
+    log = [json.loads(line) for line in (tmp_path / "tuned" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["complex"] > 0
+
+    # Token files written with the first model decode with the tuned one.
+    wav, rate = sf.read(tmp_path / "utt1.wav", dtype="float32")
+    audio, rate = decode_bytes(after, encode_audio(before, wav, rate, bitrate=None))
+    assert rate == 16_000 and audio.shape[-1] == len(wav)
+
+    # The run cannot be resumed as a full training run (its optimizer holds the decoder alone).
+    with pytest.raises(TokenwaveError, match="--decoder-only"):
+        train_codec(dataclasses.replace(tuned, steps=20, decoder_only=False))
+
+
+def test_init_must_be_a_tokenwave_codec(tmp_path):
+    manifest = make_manifest(tmp_path)
+    with pytest.raises(TokenwaveError):
+        train_codec(dataclasses.replace(config(tmp_path, manifest, steps=2), init=str(tmp_path / "missing")))
