@@ -391,14 +391,18 @@ def test_length_guards_follow_the_prompt_pace():
     from tokenlm.sampling import SamplingConfig
     from tts.synthesizer import TYPICAL_FRAMES_PER_PHONEME, Prompt, SynthesisConfig, tiny_synthesizer
 
-    def prompt(frames, phonemes, source="given"):
-        return Prompt("p", np.zeros(frames * 320, np.float32), torch.zeros(4, frames, dtype=torch.long), "x",
+    def prompt(frames, phonemes, source="given", pause_frames=0):
+        sound = np.random.default_rng(0).standard_normal(frames * 320).astype(np.float32) * 0.1
+        wav = np.concatenate([sound[: len(sound) // 2], np.zeros(pause_frames * 320, np.float32), sound[len(sound) // 2 :]])
+        return Prompt("p", wav, torch.zeros(4, frames + pause_frames, dtype=torch.long), "x",
                       source, torch.ones(phonemes, dtype=torch.long))
 
     synth = tiny_synthesizer()
     paced = synth.paced_sampling(prompt(200, 50))  # 4 frames per phoneme
     assert paced.min_frames_per_phoneme == pytest.approx(0.7 * 4)
     assert paced.max_frames_per_phoneme == pytest.approx(1.8 * 4)
+    # a pause in the prompt does not make its speaker slower
+    assert synth.paced_sampling(prompt(200, 50, pause_frames=100)) == paced
     fast = synth.paced_sampling(prompt(100, 100))  # 1 frame per phoneme: clamped to 2.5
     assert fast.min_frames_per_phoneme == pytest.approx(0.7 * 2.5)
     untranscribed = synth.paced_sampling(prompt(200, 0, source="none"))

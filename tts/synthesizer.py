@@ -13,8 +13,9 @@ Pipeline (VALL-E style, zero-shot voice from a prompt recording):
 3. **AR.** Per chunk the AR model continues ``[prompt phonemes + chunk phonemes] [bos, prompt
    layer-1 codes]`` with the chunk's layer-1 codes (temperature / top-k / top-p /
    repetition-aware sampling, length guards of :mod:`tokenlm.generate`). The length guards
-   follow the prompt's pace (``pace``, default (0.7, 1.8)): with ``r`` the prompt's frames per
-   phoneme (clamped to 2.5..8; 3.7, the median of the training speech, without a transcript),
+   follow the prompt's pace (``pace``, default (0.7, 1.8)): with ``r`` the prompt's sounding
+   20 ms frames per phoneme (its pauses left out; clamped to 2.5..8; 3.7, the median of the
+   training speech, without a transcript),
    eos is masked before ``0.7 r`` frames per target phoneme and the output ends at ``1.8 r``
    (plus 25 frames). Without this the AR, trained on a corpus that is nearly 60% one-word digit
    recordings, tends to end sentences far too early. Chunks are generated
@@ -379,7 +380,10 @@ class Synthesizer:
             return sampling
         rate = TYPICAL_FRAMES_PER_PHONEME
         if prompt.transcript_source != "none" and len(prompt.phonemes) and prompt.codes.shape[1]:
-            rate = min(max(prompt.codes.shape[1] / len(prompt.phonemes), PROMPT_RATE_RANGE[0]), PROMPT_RATE_RANGE[1])
+            # Sounding frames only: the pauses of a prompt (for example single words joined with
+            # gaps) say nothing about how fast its speaker talks.
+            speaking = int(sound_frames(prompt.wav, self.sample_rate).sum()) or prompt.codes.shape[1]
+            rate = min(max(speaking / len(prompt.phonemes), PROMPT_RATE_RANGE[0]), PROMPT_RATE_RANGE[1])
         low = max(sampling.min_frames_per_phoneme, self.config.pace[0] * rate)
         high = max(min(sampling.max_frames_per_phoneme, self.config.pace[1] * rate), low)
         return dataclasses.replace(sampling, min_frames_per_phoneme=low, max_frames_per_phoneme=high)
