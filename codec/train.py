@@ -299,7 +299,8 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
                 _check_codebooks_agree(model, distributed, device)
                 if main:
                     # Export first: it recounts code_counts, which the checkpoint then holds too.
-                    export(model, train_set, out_dir / "export", step + 1, count=not config.decoder_only)
+                    export(model, train_set, out_dir / "export", training_record(config, step + 1),
+                           count=not config.decoder_only)
                     save_checkpoint(out_dir, step + 1, model, optimizer, codec_config,
                                     discriminator=discriminator, discriminator_optimizer=d_optimizer,
                                     decoder_only=config.decoder_only)
@@ -383,9 +384,22 @@ def _discriminator_step(d_net, discriminator, d_optimizer, wav: torch.Tensor, re
             "g_fm": feature_matching_loss(real_features, fake_features)}
 
 
-def export(model: CodecModel, corpus: AudioCorpus, directory: Path, step: int, count: bool = True) -> None:
-    """Float16 weights + config with entropy tables counted on training crops (``count=False``:
-    the tables stay as they are, as in a decoder-only run, where they belong to the fixed token space)."""
+def training_record(config: TrainConfig, steps: int) -> dict:
+    """What an export's config says about its training: the steps of this run, and where it started."""
+    record: dict = {"steps": steps}
+    if config.init:
+        record["init"] = config.init
+    if config.decoder_only:
+        record["decoder_only"] = True
+    if config.complex_loss_weight:
+        record["complex_loss_weight"] = config.complex_loss_weight
+    return record
+
+
+def export(model: CodecModel, corpus: AudioCorpus, directory: Path, training: dict, count: bool = True) -> None:
+    """Float16 weights + config (``training`` recorded in it) with entropy tables counted on
+    training crops (``count=False``: the tables stay as they are, as in a decoder-only run, where
+    they belong to the fixed token space)."""
     if count:
         model.code_counts.copy_(count_codes(model, corpus))
-    save_pretrained(model, directory, extra={"training": {"steps": step}})
+    save_pretrained(model, directory, extra={"training": training})

@@ -246,6 +246,8 @@ def test_decoder_only_run_keeps_the_token_space(tmp_path):
     assert all(torch.equal(old[k], new[k]) for k in old if not k.startswith("decoder."))  # codebooks, tables too
     assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
     assert after.fingerprint == before.fingerprint
+    training = json.loads((tmp_path / "tuned" / "export" / "config.json").read_text())["training"]
+    assert training == {"steps": 10, "init": str(first), "decoder_only": True, "complex_loss_weight": 1.0}
     log = [json.loads(line) for line in (tmp_path / "tuned" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["complex"] > 0
 
