@@ -24,6 +24,13 @@ through the updated discriminator (whose parameters get no gradient from that pa
 then also hold the discriminator and its optimizer; resuming a checkpoint without them starts a
 fresh discriminator (with a note). The export holds the codec only.
 
+Fine-tuning the decoder alone (``init`` + ``decoder_only``, ``--init MODEL --decoder-only``): a
+new run starts from exported weights, and :func:`freeze_token_space` fixes the encoder and the
+codebooks (no gradients, no EMA updates; quantizer dropout still runs); the optimizer holds the
+decoder's parameters only and exports keep the entropy tables, so the codes, the token files and
+the model's fingerprint stay the same. ``complex_loss_weight`` adds the compressed complex
+spectral loss of :class:`codec.losses.SpectralLoss`; the dev loss then includes it too.
+
 Device: ``device="auto"`` (the default) trains on CUDA when torch sees a GPU, else on the CPU;
 ``"cpu"`` and ``"cuda"`` force one. Training runs in float32.
 
@@ -298,7 +305,8 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
                 _check_codebooks_agree(model, distributed, device)
                 if main:
-                    # Export first: it recounts code_counts, which the checkpoint then holds too.
+                    # Export first: it recounts code_counts (not in a decoder-only run), which the
+                    # checkpoint then holds too.
                     export(model, train_set, out_dir / "export", training_record(config, step + 1),
                            count=not config.decoder_only)
                     save_checkpoint(out_dir, step + 1, model, optimizer, codec_config,
