@@ -263,8 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bitrate", type=float, default=None, help="kbps (default: the model's highest)")
     p.add_argument("--channels", choices=["mix", "separate"], default="mix",
                    help="mix: downmix to mono (default); separate: code each channel")
-    p.add_argument("--coding", choices=["auto", "range", "packed"], default="auto",
-                   help="range coding with the model's tables, or plain bit-packing")
+    p.add_argument("--coding", choices=["auto", "context", "range", "packed"], default="auto",
+                   help="context: range coding with the model's context tables; range: with its per-level "
+                        "tables; packed: plain bit-packing; auto (default): the smallest the model supports")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.set_defaults(func=cmd_compress)
 
@@ -333,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval-codec", help="PESQ, STOI, SI-SDR, log-mel and MCD vs bitrate, optionally vs Opus/Codec2")
     evaluate.add_arguments(p)
     p.set_defaults(func=evaluate.main_eval)
+
+    from codec import tables  # count-codes: options and logic live in codec/tables.py
+
+    p = sub.add_parser("count-codes", help="a codec's entropy-coding (and context) tables from its training data")
+    tables.add_arguments(p)
+    p.set_defaults(func=tables.main)
 
     from codec import fuzz  # fuzz-tokens: options and logic live in codec/fuzz.py
 

@@ -36,6 +36,9 @@ class CodecConfig:
     dead_code_threshold: float = 2.0  # EMA usage below which a code is replaced
     kmeans_iters: int = 10
     quantizer_dropout: float = 0.5  # share of a batch trained with a random number of codebooks
+    # Levels 1..L coded with a context in token files (codec.context_coding; 0: none, range
+    # coding only). L > 0 adds count tables of (N + 1) * N + (L - 1) * N * N entries.
+    context_levels: int = 0
 
     def __post_init__(self) -> None:
         checks = {
@@ -57,6 +60,8 @@ class CodecConfig:
             "kernel_size and mlp_ratio must be <= 64": max(self.kernel_size, self.mlp_ratio) <= 64,
             "num_codebooks must be <= 64 and codebook_size <= 65536": self.num_codebooks <= 64
             and self.codebook_size <= 65_536,
+            "context_levels must be in [0, num_codebooks]": 0 <= self.context_levels <= self.num_codebooks,
+            "context tables must have fewer than 2**27 entries": self.context_table_entries() < 2**27,
             "the model must have fewer than 2**30 parameters": self.parameter_bound() < 2**30,
         }
         for message, ok in checks.items():
@@ -72,6 +77,11 @@ class CodecConfig:
             self.kernel_size + 2 * self.mlp_ratio * self.decoder_dim + 8) + self.decoder_dim * (spectrum + 2)
         quantizer = 3 * self.num_codebooks * self.codebook_size * self.latent_dim
         return 2 * (encoder + decoder + quantizer + self.encoder_dim * self.latent_dim)
+
+    def context_table_entries(self) -> int:
+        """Entries of the context-coding count tables (0 without context coding)."""
+        N, L = self.codebook_size, self.context_levels
+        return (N + 1) * N + (L - 1) * N * N if L > 0 else 0
 
     @property
     def frame_rate(self) -> float:

@@ -158,12 +158,11 @@ class CodecSystem(System):
         import torch
 
         from codec import tokenfile
-        from codec.files import decode_bytes, encode_audio
+        from codec.files import coding_tables, decode_bytes, encode_audio
 
         data = encode_audio(self.model, clip.wav, clip.sample_rate, self.bitrate)
         decoded, rate = decode_bytes(self.model, data)
-        table = getattr(self.model, "probabilities", None)
-        _, codes = tokenfile.unpack(data, table() if callable(table) else None)
+        _, codes = tokenfile.unpack(data, coding_tables(self.model))
         self.codes.append(torch.from_numpy(np.ascontiguousarray(codes)))
         payload = sum(tokenfile.chunk_sizes(data))
         return Coded(resample(decoded[0], rate, SCORE_RATE), len(data), payload)

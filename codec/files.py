@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,21 +44,44 @@ PROGRESS_SECONDS = 300
 """Files at least this long get a progress bar of their own (on a terminal)."""
 
 
-def _probabilities(model: AudioCodec) -> np.ndarray | None:
-    """The model's entropy-coding tables, or None for codecs that ship none (packed coding)."""
+def coding_tables(model: AudioCodec):
+    """The model's entropy-coding tables: its :class:`codec.context_coding.ContextTables` (range
+    and context coding), its ``[K, N]`` probability array (range coding only), or None for
+    codecs that ship none (packed coding only)."""
+    context = getattr(model, "context_tables", None)
+    tables = context() if callable(context) else None
+    if tables is not None:
+        return tables
     table = getattr(model, "probabilities", None)
     return table() if callable(table) else None
+
+
+def available_codings(model: AudioCodec, coding: str, tables) -> list[str]:
+    """The codings ``coding`` stands for with this model ("auto": every one it supports; the
+    smallest file is kept); :class:`TokenwaveError` if the model cannot do the one asked for."""
+    supported = ["packed"]
+    if tables is not None:
+        supported.insert(0, "range")
+        if isinstance(tables, tokenfile.ContextTables):
+            supported.insert(0, "context")
+    if coding == "auto":
+        return supported
+    if coding not in supported:
+        need = "context tables (count them with tokenwave count-codes --context-levels L)" if coding == "context" \
+            else "entropy-coding tables"
+        raise TokenwaveError(f"{model.name} ships no {need}; use --coding {supported[0]}")
+    return [coding]
 
 
 def encode_audio(model: AudioCodec, wav: np.ndarray, sample_rate: int, bitrate: float | None, coding: str = "auto") -> bytes:
     """``wav`` ``[C, N]`` (each channel coded on its own) -> token-file bytes.
 
-    ``coding``: "range" (entropy coding with the model's tables), "packed" (plain bit-packing), or
-    "auto": range coding when the model ships tables and it comes out smaller, else packing.
+    ``coding``: "context" (entropy coding with the model's context tables), "range" (with its
+    per-level tables), "packed" (plain bit-packing), or "auto": each the model supports, keeping
+    the smallest file (packing wins with untrained tables).
     """
-    probabilities = _probabilities(model)
-    if coding == "range" and probabilities is None:
-        raise TokenwaveError(f"{model.name} ships no entropy-coding tables; use --coding packed")
+    tables = coding_tables(model)
+    codings = available_codings(model, coding, tables)
     samples = wav.shape[-1]
     wav = resample(wav, sample_rate, model.sample_rate)
     if samples and not wav.shape[-1]:
@@ -75,16 +98,11 @@ def encode_audio(model: AudioCodec, wav: np.ndarray, sample_rate: int, bitrate: 
         num_frames=codes.shape[2],
         length=length,
         channels=codes.shape[0],
-        coding="packed" if coding == "auto" else coding,
+        coding=codings[0],
     )
     codes = codes.cpu().numpy()
-    packed = tokenfile.pack(codes, header, probabilities)
-    if coding != "auto" or probabilities is None:
-        return packed
-    # auto: range coding with the model's tables, unless plain packing is smaller (untrained tables)
-    header.coding = "range"
-    ranged = tokenfile.pack(codes, header, probabilities)
-    return ranged if len(ranged) < len(packed) else packed
+    files = [tokenfile.pack(codes, replace(header, coding=c), tables) for c in codings]
+    return min(reversed(files), key=len)  # on a tie, the simpler coding
 
 
 def check_model_matches(model: AudioCodec, header: tokenfile.TokenFileHeader) -> None:
@@ -107,7 +125,7 @@ def decode_bytes(model: AudioCodec, data: bytes) -> tuple[np.ndarray, int]:
     """Token-file bytes -> waveform ``[C, N]`` float32 and its sample rate."""
     header = tokenfile.read_header(data)
     check_model_matches(model, header)
-    header, codes = tokenfile.unpack(data, _probabilities(model))
+    header, codes = tokenfile.unpack(data, coding_tables(model))
     if header.num_frames == 0:
         return np.zeros((header.channels, header.length), dtype=np.float32), header.sample_rate
     wav = model.decode(torch.from_numpy(codes), length=header.length)
@@ -190,13 +208,8 @@ def compress_file(model: AudioCodec, source: Path, target: Path, bitrate: float 
         tokenfile.write_token_file(target, data, overwrite=force)
         return len(data)
 
-    probabilities = _probabilities(model)
-    if coding == "range" and probabilities is None:
-        raise TokenwaveError(f"{model.name} ships no entropy-coding tables; use --coding packed")
-    if coding == "auto":  # both are coded; the smaller is kept
-        codings = ["range", "packed"] if probabilities is not None else ["packed"]
-    else:
-        codings = [coding]
+    tables = coding_tables(model)
+    codings = available_codings(model, coding, tables)  # "auto": all are coded, the smallest kept
     with _open_audio(source) as f:
         channels = f.channels if separate_channels else 1
         if channels > tokenfile.MAX_CHANNELS:
@@ -215,7 +228,7 @@ def compress_file(model: AudioCodec, source: Path, target: Path, bitrate: float 
         bar = tqdm(total=round(seconds), unit="s", desc=source.name, leave=False, file=sys.stderr,
                    disable=None if seconds >= PROGRESS_SECONDS else True)
         samples = 0  # read from the file
-        with tokenfile.StreamPacker(header, probabilities, codings) as packer, bar:
+        with tokenfile.StreamPacker(header, tables, codings) as packer, bar:
             for block in _audio_blocks(f, source, mono=not separate_channels):
                 samples += block.shape[0]
                 if resampler is not None:
@@ -232,7 +245,7 @@ def compress_file(model: AudioCodec, source: Path, target: Path, bitrate: float 
                                  f"no samples at {model.sample_rate} Hz")
             packer.push(encoder.flush())
             packer.finish(length=encoder.samples_in)
-            best = min(reversed(codings), key=packer.size)  # "auto" keeps range coding only if it is smaller
+            best = min(reversed(codings), key=packer.size)  # on a tie, the simpler coding
             target.parent.mkdir(parents=True, exist_ok=True)
             with atomic_output(target, force, "token file", TokenFileError) as out:
                 return packer.write_to(out, best)
@@ -246,7 +259,7 @@ def decode_stream(model: AudioCodec, data: bytes) -> tuple[tokenfile.TokenFileHe
     raise :class:`TokenFileError`, up front or (for a chunk whose codes are invalid) from the iterator."""
     header = tokenfile.read_header(data)
     check_model_matches(model, header)
-    header, chunks = tokenfile.decode_chunks(data, _probabilities(model))
+    header, chunks = tokenfile.decode_chunks(data, coding_tables(model))
     C, T, length = header.channels, header.num_frames, header.length
     if T == 0:  # a header may round the length up to one frame's worth of samples: silence
         return header, iter([np.zeros((C, length), np.float32)] if length else [])
@@ -363,20 +376,20 @@ def output_path(source: Path, root: Path | None, out: Path | None, suffix: str, 
 def code_statistics(path: Path, model: AudioCodec | None = None) -> list[str]:
     """Per-level codebook usage, perplexity and entropy of a token file's codes.
 
-    Range-coded files need the model's tables: ``model``, or the installed model the header names.
+    Entropy-coded files need the model's tables: ``model``, or the installed model the header names.
     """
     from codec.quantizer import codebook_stats
 
     data = tokenfile.read_token_file(path)
     header = tokenfile.read_header(data)
     probabilities = None
-    if header.coding == "range":
+    if header.coding in tokenfile.RANGE_CODINGS:
         if model is None:
             import codec
 
             model = codec.load(installed_model_of(path))
         check_model_matches(model, header)
-        probabilities = _probabilities(model)
+        probabilities = coding_tables(model)
     _, codes = tokenfile.unpack(data, probabilities)
     lines = ["level  usage   perplexity  entropy bits/code"]
     for row in codebook_stats(torch.from_numpy(codes), header.codebook_size):

@@ -13,8 +13,9 @@ dependency beyond numpy (atheris is not needed):
   and valid files, which must decode to exactly the codes they were made from.
 * **Checks** (:func:`check_case`): ``tokenfile.read_header``, ``chunks``, ``unpack``,
   ``decode_chunks``, ``unpack_chunk`` and the decompressor's streaming decoder
-  (:func:`codec.files.decode_stream`) through a tiny random codec, whose probability tables are
-  skewed like a trained model's so range coding is exercised. Whatever succeeds must be
+  (:func:`codec.files.decode_stream`) through a tiny random codec with context coding, whose
+  probability and context tables are skewed like a trained model's so range and context coding
+  are exercised. Whatever succeeds must be
   consistent (same codes every way, ``header.length`` samples of finite audio).
 * **Harness** (:func:`run_fuzz`): the cases run in a worker process; the parent waits at most
   ``timeout`` seconds for each, kills a worker that hangs or notices one that crashes, records
@@ -38,13 +39,14 @@ import sys
 import time
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from codec import entropy
+from codec import context_coding, entropy
 from codec import tokenfile as tf
+from codec.context_coding import ContextTables
 from codec.errors import TokenwaveError
 
 DEFAULT_TIMEOUT = 5.0
@@ -60,8 +62,8 @@ class Context:
     """What every case is checked against: a tiny codec, its table and the valid seed files."""
 
     model: object
-    table: np.ndarray
-    other_table: np.ndarray  # a different table of the same shape: valid streams that decode to garbage
+    table: ContextTables  # the model's tables (serve range and context coding)
+    other_table: ContextTables  # different tables of the same shapes: valid streams that decode to garbage
     corpus: list[tuple[bytes, np.ndarray]] = field(default_factory=list)  # (file, codes [C, K, T])
 
 
@@ -70,20 +72,31 @@ def zipf_counts(rng: np.random.Generator, K: int, N: int, a: float = 1.2) -> np.
     return np.stack([rng.permutation(1e6 / np.arange(1, N + 1) ** a) for _ in range(K)])
 
 
+def skewed_counts(rng: np.random.Generator, K: int, N: int, levels: int, a: float = 1.2):
+    """Zipf-shaped ``(code_counts [K, N], transition_counts [N + 1, N], pair_counts [L - 1, N, N])``."""
+    return (zipf_counts(rng, K, N, a), zipf_counts(rng, N + 1, N, a),
+            zipf_counts(rng, (levels - 1) * N, N, a).reshape(levels - 1, N, N))
+
+
 def make_context() -> Context:
-    """The tiny 16 kHz test codec with skewed entropy tables, and a corpus of valid files."""
+    """The tiny 16 kHz test codec with context coding of two levels and skewed entropy tables,
+    and a corpus of valid files."""
     import torch
 
-    from codec.model import token_fingerprint
-    from codec.pretrained import tiny_random
+    from codec.config import tiny
+    from codec.model import CodecModel, token_fingerprint
 
-    model = tiny_random(16_000)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = CodecModel(replace(tiny(16_000), context_levels=2)).prepare_for_inference()
     rng = np.random.default_rng(20240501)
-    counts = zipf_counts(rng, model.max_codebooks, model.codebook_size)
-    model.code_counts.copy_(torch.from_numpy(counts))
+    K, N = model.max_codebooks, model.codebook_size
+    counts = skewed_counts(rng, K, N, 2)
+    for buffer, value in zip((model.code_counts, model.transition_counts, model.pair_counts), counts, strict=True):
+        buffer.copy_(torch.from_numpy(value))
     model._fingerprint = token_fingerprint(model.state_dict())
-    other = entropy.probabilities_from_counts(zipf_counts(rng, model.max_codebooks, model.codebook_size, 1.5))
-    ctx = Context(model, model.probabilities(), other)
+    other = ContextTables.from_counts(*skewed_counts(rng, K, N, 2, 1.5))
+    ctx = Context(model, model.context_tables(), other)
     shapes = [  # (C, K, T, chunk_frames)
         (1, 1, 2, 1), (1, 3, 7, 3), (2, 12, 5, 2), (1, 12, 60, 16), (2, 4, 41, 250), (1, 2, 300, 64),
         (1, 6, 0, 5), (1, 12, 2, 250), (2, 1, 9, 4),
@@ -99,7 +112,7 @@ def valid_file(ctx: Context, rng, C: int, K: int, T: int, chunk_frames: int, cod
     model = ctx.model
     codes = np.empty((C, K, T), dtype=np.int64)
     for k in range(K):
-        codes[:, k] = rng.choice(model.codebook_size, size=(C, T), p=ctx.table[k])
+        codes[:, k] = rng.choice(model.codebook_size, size=(C, T), p=ctx.table.unigram[k])
     most = max(0, T - model.overlap + 1) * model.hop
     header = tf.TokenFileHeader(
         model=model.name, model_hash=model.fingerprint, sample_rate=model.sample_rate,
@@ -141,7 +154,7 @@ INTERESTING_INTS = [-(2**63), -(2**31), -1, 0, 1, 2, 3, 7, 16, 17, 64, 65, 255, 
                     16_000, 65_535, 65_536, 65_537, 768_000, 768_001, 2**20, 2**20 + 1, 2**27, 2**27 + 1,
                     2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**53 + 1, 2**63, 2**64, 10**30]
 INTERESTING_VALUES = [None, True, False, 0.0, -0.0, 0.5, 49.999, 50.0, 1e-300, 1e308, -1e308, "", "x" * 300,
-                      "\x00", "\u202e", "range", "packed", "RANGE", "tiny-16k", "0" * 129, "g", [], [1], {}, {"a": 1}]
+                      "\x00", "\u202e", "range", "packed", "context", "RANGE", "tiny-16k", "0" * 129, "g", [], [1], {}, {"a": 1}]
 
 
 def hostile_value(rng):
@@ -172,7 +185,7 @@ def mutate_header(rng, header: dict, model) -> dict | str:
             if isinstance(header.get(name), int):
                 header[name] = max(0, header[name] + int(rng.choice([-2, -1, 1, 2, 100, 10_000])))
         else:
-            header["coding"] = "packed" if header.get("coding") == "range" else "range"
+            header["coding"] = str(rng.choice([c for c in tf.CODINGS if c != header.get("coding")]))
     if rng.random() < 0.15:
         text = json.dumps(header)
         edits = [
@@ -222,9 +235,13 @@ def mutate_chunks(rng, chunk_list: list[list], ctx: Context, header: dict) -> li
                     bits = entropy.bits_per_code(N)
                     codes = rng.integers(0, 2**bits if rng.random() < 0.5 else N, C * K * frames)
                     chunks[i][2] = tf._pack_bits(codes, bits)
-                elif K <= ctx.other_table.shape[0]:
-                    models = entropy.make_models(entropy.coding_table(ctx.other_table, K, N))
-                    chunks[i][2] = entropy.encode_symbols(rng.integers(0, N, (K, C * frames)), models)
+                elif K <= ctx.other_table.unigram.shape[0]:
+                    codes = rng.integers(0, N, (K, C, frames))
+                    if header.get("coding") == "context":
+                        chunks[i][2] = context_coding.encode_block(codes, ctx.other_table)
+                    else:
+                        models = entropy.make_models(entropy.coding_table(ctx.other_table.unigram, K, N))
+                        chunks[i][2] = entropy.encode_symbols(codes.reshape(K, -1), models)
         elif op < 0.9:
             chunks.pop(i)
         elif op < 0.95:
@@ -292,7 +309,7 @@ def make_case(ctx: Context, seed: int, index: int) -> tuple[str, bytes, np.ndarr
         return "valid", data, codes
     C, K = int(rng.integers(1, 3)), int(rng.integers(1, ctx.model.max_codebooks + 1))
     T, chunk_frames = int(rng.integers(0, 400)), int(rng.integers(1, 300))
-    data, codes = valid_file(ctx, rng, C, K, T, chunk_frames, tf.CODINGS[rng.integers(2)])
+    data, codes = valid_file(ctx, rng, C, K, T, chunk_frames, tf.CODINGS[rng.integers(len(tf.CODINGS))])
     return "valid", data, codes
 
 

@@ -83,6 +83,10 @@ class CodecModel(nn.Module, AudioCodec, CodecHubMixin):
         self.decoder = Decoder(config)
         # How often each code occurs on training data [K, codebook_size]: the entropy coder's tables.
         self.register_buffer("code_counts", torch.ones(config.num_codebooks, config.codebook_size))
+        if config.context_levels:  # context coding's tables (codec.context_coding): counts as well
+            N = config.codebook_size
+            self.register_buffer("transition_counts", torch.ones(N + 1, N))
+            self.register_buffer("pair_counts", torch.ones(config.context_levels - 1, N, N))
         self._fingerprint: str | None = None
 
     # -- AudioCodec properties ---------------------------------------------------------------
@@ -239,6 +243,16 @@ class CodecModel(nn.Module, AudioCodec, CodecHubMixin):
         from codec.entropy import probabilities_from_counts
 
         return probabilities_from_counts(self.code_counts.double().cpu().numpy())
+
+    def context_tables(self):
+        """:class:`codec.context_coding.ContextTables` from the count buffers, or None for a model
+        without context coding (``config.context_levels == 0``)."""
+        if not self.config.context_levels:
+            return None
+        from codec.context_coding import ContextTables
+
+        counts = (self.code_counts, self.transition_counts, self.pair_counts)
+        return ContextTables.from_counts(*(c.double().cpu().numpy() for c in counts))
 
 
 def token_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:

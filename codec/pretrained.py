@@ -38,6 +38,10 @@ MAX_CONFIG_BYTES = 1 << 20
 REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
 
+#: config.json keys that describe how the weights were made (not model settings).
+RECORD_KEYS = ("training", "entropy_tables")
+
+
 def weights_dirs() -> list[Path]:
     dirs = [Path(p) for p in os.environ.get("TOKENWAVE_WEIGHTS", "").split(os.pathsep) if p]
     return dirs + [REPO_WEIGHTS]
@@ -107,7 +111,8 @@ def load_pretrained(directory: str | Path) -> CodecModel:
     if not isinstance(data, dict):
         raise ModelError(f"{config_path} must hold a JSON object")
     verify_weights(weights, data.pop("weights_sha256", None), config_path)
-    data.pop("training", None)
+    for record in RECORD_KEYS:
+        data.pop(record, None)
     config = CodecConfig.from_dict(data)
     model = CodecModel(config)
     try:

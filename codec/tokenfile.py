@@ -27,7 +27,7 @@ Header fields (all required, no others allowed):
     num_frames     int    T >= 0, with C*K*T <= 2**27
     length         int    original length in samples, 0 .. ceil((T+1) * sample_rate / frame_rate)
     channels       int    C, 1 .. 16 (each channel coded by the mono codec)
-    coding         str    "range" or "packed"
+    coding         str    "range", "context" or "packed"
     chunk_frames   int    frames per chunk, 1 .. 2**20 (default 250: 5 s at 50 Hz)
 
 Every chunk decodes on its own. Within a chunk the C*K*F codes are taken codebook-major:
@@ -43,6 +43,11 @@ for k in 0..K-1, for c in 0..C-1, the F codes ``codes[c, k, t0:t0+F]``.
   so a valid chunk satisfies C*K*F <= 8*P + 64; decoders check this before decoding, and
   reject a stream with data left over after its codes (as far as the range coder can tell:
   it reads 64 bits ahead, so one stray trailing word goes unnoticed).
+* ``coding="context"``: as "range", but levels 1 .. L are coded with context models
+  (:mod:`codec.context_coding`: level 1 given the previous level-1 code of the same channel,
+  the chunk's first frame in context N; level k <= L given level k - 1 of the same frame),
+  built from the model's context tables; levels after L as in "range". The same checks apply.
+  Levels must still be coded in order, so a decoder reads level 1 code by code.
 
 Token files are untrusted input: every problem with one raises
 :class:`codec.errors.TokenFileError` with a one-line message, and sizes are checked against
@@ -72,8 +77,9 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from codec import entropy
+from codec import context_coding, entropy
 from codec.atomic import atomic_output
+from codec.context_coding import ContextTables
 from codec.errors import TokenFileError
 
 __all__ = [
@@ -104,7 +110,8 @@ __all__ = [
 
 MAGIC = b"TWTK"
 VERSION = 1
-CODINGS = ("range", "packed")
+CODINGS = ("range", "packed", "context")
+RANGE_CODINGS = ("range", "context")  # entropy coded: every code costs at least one bit
 DEFAULT_CHUNK_FRAMES = 250
 MAX_HEADER_BYTES = 64 * 1024
 MAX_SYMBOLS = 2**27  # C * K * T
@@ -208,7 +215,7 @@ class TokenFileHeader:
             )
         check_int("length", 0, math.ceil((self.num_frames + 1) * self.sample_rate / fr))
         if self.coding not in CODINGS:
-            fail("coding", "'range' or 'packed'")
+            fail("coding", "'range', 'context' or 'packed'")
         check_int("chunk_frames", 1, MAX_CHUNK_FRAMES)
 
     def to_json(self) -> str:
@@ -330,7 +337,7 @@ def _scan(data: bytes, header: TokenFileHeader, offset: int, verify_crc: bool) -
         need += (n - 1) * _packed_payload_bytes(header, header.chunk_frames)
         if need > room:
             raise TokenFileError(f"token file is truncated: its codes need {need} bytes, {room} are left")
-    elif header.coding == "range" and header.num_symbols > 8 * room + entropy.SLACK_BITS * n:
+    elif header.coding in RANGE_CODINGS and header.num_symbols > 8 * room + entropy.SLACK_BITS * n:
         raise TokenFileError(f"token file claims {header.num_symbols} codes, more than its {len(data)} bytes can hold")
 
     out = []
@@ -426,15 +433,24 @@ def _unpack_bits(payload: bytes, count: int, bits: int) -> np.ndarray:
     return out
 
 
-def _models_for(header: TokenFileHeader, probabilities) -> list | None:
-    if header.coding != "range":
+def _unigram(tables) -> np.ndarray:
+    """The ``[K_max, N]`` probability table of ``tables`` (an array, or ContextTables)."""
+    return tables.unigram if isinstance(tables, ContextTables) else tables
+
+
+def _models_for(header: TokenFileHeader, tables):
+    """What the chunks of ``header`` are decoded with: None (packed), the per-level models
+    (range) or the context tables (context); :class:`TokenFileError` if the tables are missing
+    or do not fit."""
+    if header.coding == "packed":
         return None
-    if probabilities is None:
+    if tables is None or (header.coding == "context" and not isinstance(tables, ContextTables)):
+        kind = "context" if header.coding == "context" else "probability"
         raise TokenFileError(
-            f"token file is range coded: decoding it needs the probability tables of model '{header.model}'"
+            f"token file is {header.coding} coded: decoding it needs the {kind} tables of model '{header.model}'"
         )
     try:
-        return entropy.make_models(entropy.coding_table(probabilities, header.num_codebooks, header.codebook_size))
+        return coding_models(header, tables)
     except ValueError as e:
         raise TokenFileError(f"probability tables do not fit this token file: {e}") from None
 
@@ -449,6 +465,8 @@ def _decode_chunk(data: bytes, header: TokenFileHeader, chunk: ChunkInfo, models
     try:
         if header.coding == "range":
             flat = np.stack(entropy.decode_symbols(payload, [C * F] * K, models)).astype(np.int64)
+        elif header.coding == "context":
+            flat = context_coding.decode_block(payload, (K, C, F), models)
         else:
             flat = _unpack_bits(payload, K * C * F, header.bits_per_code)
     except ValueError as e:
@@ -470,22 +488,33 @@ def preamble(header: TokenFileHeader) -> bytes:
     return start + _CRC.pack(zlib.crc32(start))
 
 
-def coding_models(header: TokenFileHeader, probabilities) -> list | None:
-    """The range coder's models for ``header`` (None for packed coding); ``ValueError`` if
-    ``probabilities`` is missing or unusable."""
-    if header.coding != "range":
+def coding_models(header: TokenFileHeader, tables):
+    """What ``header``'s chunks are coded with: None (packed), the range coder's per-level
+    models (range), or coding-safe :class:`ContextTables` (context). ``tables``: the model's
+    ``[K_max, N]`` probability array, or its ContextTables (which serve both entropy codings).
+    ``ValueError`` if they are missing or unusable."""
+    if header.coding == "packed":
         return None
-    if probabilities is None:
-        raise ValueError("coding='range' needs the model's probability tables")
-    return entropy.make_models(entropy.coding_table(probabilities, header.num_codebooks, header.codebook_size))
+    if tables is None:
+        raise ValueError(f"coding={header.coding!r} needs the model's probability tables")
+    K, N = header.num_codebooks, header.codebook_size
+    if header.coding == "range":
+        return entropy.make_models(entropy.coding_table(_unigram(tables), K, N))
+    if not isinstance(tables, ContextTables):
+        raise ValueError("coding='context' needs the model's context tables (a model with context_levels > 0)")  # noqa: TRY004 - callers expect ValueError
+    entropy.coding_table(tables.unigram, K, N)  # shape checks: enough levels, the right codebook size
+    return tables
 
 
-def encode_chunk(index: int, codes: np.ndarray, header: TokenFileHeader, models: list | None) -> bytes:
+def encode_chunk(index: int, codes: np.ndarray, header: TokenFileHeader, models) -> bytes:
     """Chunk ``index`` of a file: codes ``[C, K, F]`` (already checked) -> header, payload and CRC."""
     C, K, F = codes.shape
     block = codes.transpose(1, 0, 2)  # [K, C, F], codebook-major
-    if header.coding == "range":
-        payload = entropy.encode_symbols(block.reshape(K, -1), models)
+    if header.coding in RANGE_CODINGS:
+        if header.coding == "range":
+            payload = entropy.encode_symbols(block.reshape(K, -1), models)
+        else:
+            payload = context_coding.encode_block(block, models)
         if C * K * F > entropy.max_symbols(len(payload)):  # cannot happen with coding_table's cap
             raise RuntimeError(f"range coder produced too few bytes for chunk {index}; please report this")
     else:
@@ -508,10 +537,11 @@ def _check_codes(codes, C: int, K: int, T: int | None, N: int) -> np.ndarray:
     return codes
 
 
-def pack(codes, header: TokenFileHeader, probabilities: np.ndarray | None = None) -> bytes:
+def pack(codes, header: TokenFileHeader, probabilities: np.ndarray | ContextTables | None = None) -> bytes:
     """Codes ``[C, K, T]`` (numpy or torch ints) -> token file bytes, coded as ``header.coding``.
 
-    ``coding="range"`` needs the model's probability table ``[K_max, codebook_size]``.
+    ``coding="range"`` needs the model's probability table ``[K_max, codebook_size]`` (or its
+    :class:`ContextTables`), ``coding="context"`` its ContextTables.
     Raises :class:`TokenFileError` for an invalid header and ``ValueError`` for codes that do
     not match it or a missing/unusable table."""
     start = preamble(header)
@@ -614,9 +644,10 @@ def decode_chunks(data: bytes, probabilities=None) -> tuple[TokenFileHeader, Ite
     return header, decoded()
 
 
-def unpack(data: bytes, probabilities: np.ndarray | None = None) -> tuple[TokenFileHeader, np.ndarray]:
+def unpack(data: bytes, probabilities: np.ndarray | ContextTables | None = None) -> tuple[TokenFileHeader, np.ndarray]:
     """Token file bytes -> (header, codes ``[C, K, T]`` int64). Range coded files need the
-    model's probability table. Every problem with the file raises :class:`TokenFileError`."""
+    model's probability table (or ContextTables), context coded ones its ContextTables. Every
+    problem with the file raises :class:`TokenFileError`."""
     header, decoded = decode_chunks(data, probabilities)
     codes = np.empty((header.channels, header.num_codebooks, header.num_frames), dtype=np.int64)
     for frame, chunk_codes in decoded:
@@ -624,7 +655,7 @@ def unpack(data: bytes, probabilities: np.ndarray | None = None) -> tuple[TokenF
     return header, codes
 
 
-def unpack_chunk(data: bytes, index: int, probabilities: np.ndarray | None = None) -> tuple[int, np.ndarray]:
+def unpack_chunk(data: bytes, index: int, probabilities: np.ndarray | ContextTables | None = None) -> tuple[int, np.ndarray]:
     """Decode chunk ``index`` alone -> (its first frame, codes ``[C, K, F]`` int64).
 
     Only that chunk's payload and checksum are read; the others need only intact chunk headers."""

@@ -19,7 +19,8 @@ from codec import files
 from codec import tokenfile as tf
 from codec.audio import load_audio
 from codec.errors import AudioError, TokenFileError
-from codec.fuzz import zipf_counts
+from codec.context_coding import ContextTables
+from codec.fuzz import skewed_counts, zipf_counts
 from codec.model import token_fingerprint
 from codec.pretrained import tiny_random
 from codec.streaming import StreamingDecoder, StreamingEncoder
@@ -177,14 +178,14 @@ def test_header_that_does_not_fit_the_model_is_refused(model):
 
 def test_stream_packer_equals_pack_for_any_pieces():
     rng = np.random.default_rng(5)
-    table = np.stack([rng.permutation(1.0 / np.arange(1, 1025)) for _ in range(6)])
+    table = ContextTables.from_counts(*skewed_counts(rng, 6, 1024, levels=2))  # serves every coding
     for _ in range(10):
         C, K, T, chunk_frames = int(rng.integers(1, 3)), int(rng.integers(1, 7)), int(rng.integers(0, 700)), int(rng.integers(1, 300))
         codes = rng.integers(0, 1024, (C, K, T))
         header = tf.TokenFileHeader(model="m", model_hash="ab", sample_rate=16_000, frame_rate=50.0, num_codebooks=K,
                                     codebook_size=1024, num_frames=T, length=T * 320, channels=C,
                                     chunk_frames=chunk_frames)
-        with tf.StreamPacker(header, table) as packer:
+        with tf.StreamPacker(header, table, tf.CODINGS) as packer:
             cuts = np.sort(rng.integers(0, T + 1, int(rng.integers(0, 8))))
             for a, b in zip([0, *cuts], [*cuts, T]):
                 packer.push(codes[:, :, a:b])

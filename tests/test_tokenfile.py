@@ -14,9 +14,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codec import entropy
+from codec import context_coding, entropy
 from codec import tokenfile as tf
 from codec.errors import TokenFileError, TokenwaveError
+from codec.context_coding import ContextTables
 from codec.tokenfile import MAGIC, TokenFileHeader
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -40,6 +41,13 @@ def skewed_table(rng, K, N, a=1.3) -> np.ndarray:
     """A Zipf-like table, as a real codec's code statistics look, with shuffled ranks."""
     counts = np.stack([rng.permutation(1e6 / np.arange(1, N + 1) ** a) for _ in range(K)])
     return entropy.probabilities_from_counts(counts)
+
+
+def skewed_tables(rng, K, N, a=1.3, levels=2) -> ContextTables:
+    """Context tables from Zipf-like counts (per level, per previous code, per lower-level code)."""
+    def ranked(rows):
+        return np.array([rng.permutation(1e6 / np.arange(1, N + 1) ** a) for _ in range(rows)]).reshape(rows, N)
+    return ContextTables.from_counts(ranked(K), ranked(N + 1), ranked((levels - 1) * N).reshape(levels - 1, N, N))
 
 
 def sample_codes(rng, table, C, T) -> np.ndarray:
@@ -82,9 +90,10 @@ def expect_error(data, table=None, match=None):
 
 
 RNG = np.random.default_rng(1234)
-TABLE_1024 = skewed_table(RNG, 12, 1024)
+CONTEXT_1024 = skewed_tables(RNG, 12, 1024, levels=3)  # serves every coding
+TABLE_1024 = CONTEXT_1024.unigram  # the same per-level table as an array (range coding only)
 SMALL = {  # small valid files: C=2, K=3, T=7 in chunks of 3 frames
-    coding: tf.pack(sample_codes(RNG, TABLE_1024[:3], 2, 7), header_for(2, 3, 7, 1024, coding, 3), TABLE_1024)
+    coding: tf.pack(sample_codes(RNG, TABLE_1024[:3], 2, 7), header_for(2, 3, 7, 1024, coding, 3), CONTEXT_1024)
     for coding in tf.CODINGS
 }
 
@@ -101,13 +110,16 @@ SHAPES = [(1, 1, 0), (1, 1, 1), (2, 12, 1), (1, 8, 250), (2, 4, 251), (1, 12, 12
 @pytest.mark.parametrize("C,K,T", SHAPES)
 def test_round_trip_is_bit_exact(coding, N, C, K, T):
     rng = np.random.default_rng(C * 1000 + K * 100 + T + N)
-    table = skewed_table(rng, 12, N) if N <= 2048 else np.ones((12, N))
+    if coding == "context" and N > 2048:
+        pytest.skip("context tables are [N + 1, N]: not for huge codebooks")
+    tables = skewed_tables(rng, 12, N) if N <= 2048 else np.ones((12, N))
+    table = tables.unigram if coding == "context" or N <= 2048 else tables
     codes = sample_codes(rng, table[:K], C, T)
     if T > 2:
         codes[..., 0], codes[..., 1] = 0, N - 1  # the extremes of the codebook
     header = header_for(C, K, T, N, coding, chunk_frames=int(rng.choice([1, 7, 250, 1000])))
-    data = tf.pack(codes, header, table)
-    got_header, got = tf.unpack(data, table)
+    data = tf.pack(codes, header, tables)
+    got_header, got = tf.unpack(data, tables)
     assert got_header == header and tf.read_header(data) == header
     assert got.dtype == np.int64 and got.shape == (C, K, T)
     np.testing.assert_array_equal(got, codes)
@@ -121,11 +133,11 @@ def test_round_trip_is_bit_exact(coding, N, C, K, T):
 @settings(max_examples=60, deadline=None)
 def test_round_trip_random_shapes(C, K, T, N, coding, chunk_frames, seed):
     rng = np.random.default_rng(seed)
-    table = skewed_table(rng, K, N, a=rng.uniform(0.0, 2.0))
-    codes = sample_codes(rng, table, C, T) if rng.random() < 0.7 else rng.integers(0, N, (C, K, T))
+    tables = skewed_tables(rng, K, N, a=rng.uniform(0.0, 2.0), levels=min(K, 3))
+    codes = sample_codes(rng, tables.unigram, C, T) if rng.random() < 0.7 else rng.integers(0, N, (C, K, T))
     header = header_for(C, K, T, N, coding, chunk_frames)
-    data = tf.pack(codes, header, table)
-    got_header, got = tf.unpack(data, table)
+    data = tf.pack(codes, header, tables if coding == "context" else tables.unigram)
+    got_header, got = tf.unpack(data, tables)
     assert got_header == header
     np.testing.assert_array_equal(got, codes)
     assert len(tf.chunks(data)) == header.num_chunks
@@ -135,9 +147,9 @@ def test_torch_input_and_uint_input():
     codes = torch.randint(0, 1024, (2, 4, 300))
     for coding in tf.CODINGS:
         header = header_for(2, 4, 300, 1024, coding)
-        data = tf.pack(codes, header, TABLE_1024)
-        assert tf.pack(codes.numpy().astype(np.uint16), header, TABLE_1024) == data
-        np.testing.assert_array_equal(tf.unpack(data, TABLE_1024)[1], codes.numpy())
+        data = tf.pack(codes, header, CONTEXT_1024)
+        assert tf.pack(codes.numpy().astype(np.uint16), header, CONTEXT_1024) == data
+        np.testing.assert_array_equal(tf.unpack(data, CONTEXT_1024)[1], codes.numpy())
 
 
 def test_worst_and_best_case_symbols_round_trip():
@@ -243,7 +255,7 @@ def test_estimate_bits():
 def test_each_chunk_decodes_independently(coding):
     rng = np.random.default_rng(3)
     codes = sample_codes(rng, TABLE_1024[:5], 2, 1100)
-    data = tf.pack(codes, header_for(2, 5, 1100, 1024, coding), TABLE_1024)
+    data = tf.pack(codes, header_for(2, 5, 1100, 1024, coding), CONTEXT_1024)
     listed = tf.chunks(data)
     assert [c.num_frames for c in listed] == [250, 250, 250, 250, 100]
     assert [c.frame_offset for c in listed] == [0, 250, 500, 750, 1000]
@@ -255,7 +267,7 @@ def test_each_chunk_decodes_independently(coding):
             if other.index != i:
                 start = other.offset + 12
                 garbled[start : start + other.payload_bytes] = rng.bytes(other.payload_bytes)
-        offset, got = tf.unpack_chunk(bytes(garbled), i, TABLE_1024)
+        offset, got = tf.unpack_chunk(bytes(garbled), i, CONTEXT_1024)
         assert offset == chunk.frame_offset
         np.testing.assert_array_equal(got, codes[:, :, offset : offset + chunk.num_frames])
         # ...and the payload bytes alone suffice.
@@ -264,13 +276,15 @@ def test_each_chunk_decodes_independently(coding):
             models = entropy.make_models(entropy.coding_table(TABLE_1024, 5, 1024))
             rows = entropy.decode_symbols(payload, [2 * chunk.num_frames] * 5, models)
             alone = np.stack(rows).reshape(5, 2, -1).transpose(1, 0, 2)
+        elif coding == "context":
+            alone = context_coding.decode_block(payload, (5, 2, chunk.num_frames), CONTEXT_1024).transpose(1, 0, 2)
         else:
             alone = tf._unpack_bits(payload, 10 * chunk.num_frames, 10).reshape(5, 2, -1).transpose(1, 0, 2)
         np.testing.assert_array_equal(alone, codes[:, :, offset : offset + chunk.num_frames])
     with pytest.raises(TokenFileError):
-        tf.unpack(bytes(garbled), TABLE_1024)
+        tf.unpack(bytes(garbled), CONTEXT_1024)
     with pytest.raises(IndexError):
-        tf.unpack_chunk(data, len(listed), TABLE_1024)
+        tf.unpack_chunk(data, len(listed), CONTEXT_1024)
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,7 +295,7 @@ def test_each_chunk_decodes_independently(coding):
 def test_truncation_at_every_byte_offset(coding):
     data = SMALL[coding]
     for n in range(len(data)):
-        expect_error(data[:n], TABLE_1024)
+        expect_error(data[:n], CONTEXT_1024)
         with pytest.raises(TokenFileError):
             tf.chunks(data[:n])
 
@@ -293,7 +307,7 @@ def test_every_single_bit_flip_is_caught(coding):
         for bit in range(8):
             flipped = bytearray(data)
             flipped[pos] ^= 1 << bit
-            expect_error(bytes(flipped), TABLE_1024)
+            expect_error(bytes(flipped), CONTEXT_1024)
 
 
 def test_bad_magic_and_version():
@@ -442,17 +456,17 @@ def test_wrong_table_yields_error_or_garbage_never_a_crash():
 def test_pack_rejects_bad_arguments():
     header = header_for(1, 2, 10, 1024, "range")
     with pytest.raises(ValueError, match="shape"):
-        tf.pack(np.zeros((1, 3, 10), np.int64), header, TABLE_1024)
+        tf.pack(np.zeros((1, 3, 10), np.int64), header, CONTEXT_1024)
     with pytest.raises(ValueError, match="lie in"):
-        tf.pack(np.full((1, 2, 10), 1024), header, TABLE_1024)
+        tf.pack(np.full((1, 2, 10), 1024), header, CONTEXT_1024)
     with pytest.raises(ValueError, match="lie in"):
-        tf.pack(np.full((1, 2, 10), -1), header, TABLE_1024)
+        tf.pack(np.full((1, 2, 10), -1), header, CONTEXT_1024)
     with pytest.raises(ValueError, match="integers"):
-        tf.pack(np.zeros((1, 2, 10)), header, TABLE_1024)
+        tf.pack(np.zeros((1, 2, 10)), header, CONTEXT_1024)
     with pytest.raises(ValueError, match="probability"):
         tf.pack(np.zeros((1, 2, 10), np.int64), header)
     with pytest.raises(TokenFileError, match="codebook_size"):
-        tf.pack(np.zeros((1, 2, 10), np.int64), header_for(1, 2, 10, 1), TABLE_1024)
+        tf.pack(np.zeros((1, 2, 10), np.int64), header_for(1, 2, 10, 1), CONTEXT_1024)
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,7 +500,7 @@ def test_write_and_read_token_files(tmp_path):
 # Fuzzing: whatever the bytes, only TokenFileError
 
 
-def check_only_token_file_errors(data: bytes, table=TABLE_1024) -> None:
+def check_only_token_file_errors(data: bytes, table=CONTEXT_1024) -> None:
     try:
         header, codes = tf.unpack(data, table)
     except TokenFileError as e:
@@ -502,7 +516,7 @@ def check_only_token_file_errors(data: bytes, table=TABLE_1024) -> None:
 
 
 BASES = list(SMALL.values()) + [
-    tf.pack(sample_codes(RNG, TABLE_1024[:2], 1, 40), header_for(1, 2, 40, 1024, c, 16), TABLE_1024)
+    tf.pack(sample_codes(RNG, TABLE_1024[:2], 1, 40), header_for(1, 2, 40, 1024, c, 16), CONTEXT_1024)
     for c in tf.CODINGS
 ]
 
