@@ -55,6 +55,12 @@ class AudioCodec(ABC):
         """A short hash of the weights that decide the codes, written into token files to pair them with this model."""
         raise NotImplementedError
 
+    @property
+    def codes_fingerprint(self) -> str:
+        """A short hash of what decides the meaning of the codes, recorded by token LMs and their
+        shards; codecs with nothing beyond that in :attr:`fingerprint` (no entropy tables) return it."""
+        return self.fingerprint
+
     @abstractmethod
     def encode(self, wav: torch.Tensor, sample_rate: int, bitrate: float | None = None) -> torch.Tensor:
         """``wav`` ``[B, 1, N]`` at ``sample_rate`` (resampled if needed) -> codes ``[B, K, T]``."""

@@ -88,6 +88,7 @@ class CodecModel(nn.Module, AudioCodec, CodecHubMixin):
             self.register_buffer("transition_counts", torch.ones(N + 1, N))
             self.register_buffer("pair_counts", torch.ones(config.context_levels - 1, N, N))
         self._fingerprint: str | None = None
+        self._codes_fingerprint: str | None = None
 
     # -- AudioCodec properties ---------------------------------------------------------------
     @property
@@ -121,15 +122,25 @@ class CodecModel(nn.Module, AudioCodec, CodecHubMixin):
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the token space: :func:`token_fingerprint` of the weights. A decoder trained
-        further (``train-codec --decoder-only``) keeps it, so its token files and token LMs stay valid."""
+        """Identifies the token files: :func:`token_fingerprint` of the weights. A decoder trained
+        further (``train-codec --decoder-only``) keeps it, so its token files stay valid."""
         if self._fingerprint is None:
             return token_fingerprint(self.state_dict())
         return self._fingerprint
 
+    @property
+    def codes_fingerprint(self) -> str:
+        """Identifies what the codes mean (encoder and codebooks; not the decoder, not the entropy
+        tables): what token LMs and their shards record, so that neither a retrained decoder nor
+        recounted tables (``tokenwave count-codes``) separates a codec from its LMs."""
+        if self._codes_fingerprint is None:
+            return token_fingerprint(self.state_dict(), tables=False)
+        return self._codes_fingerprint
+
     def prepare_for_inference(self) -> CodecModel:
         """Eval mode, encoder and codebooks in float64 (bit-exact streaming), decoder as is."""
         self._fingerprint = token_fingerprint(self.state_dict())
+        self._codes_fingerprint = token_fingerprint(self.state_dict(), tables=False)
         self.eval()
         self.encoder.double()
         self.quantizer.double()
@@ -255,12 +266,19 @@ class CodecModel(nn.Module, AudioCodec, CodecHubMixin):
         return ContextTables.from_counts(*(c.double().cpu().numpy() for c in counts))
 
 
-def token_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+#: The entropy-coding tables: how codes are stored in token files, not what they mean.
+ENTROPY_TABLES = ("code_counts", "transition_counts", "pair_counts")
+
+
+def token_fingerprint(state_dict: dict[str, torch.Tensor], tables: bool = True) -> str:
     """SHA-256 over tensor names and float32 values, sorted by name -> 16 hex digits, of every
     tensor but the decoder's (``decoder.*``): the encoder, the codebooks and the entropy-coding
-    tables decide the codes and the token files; the decoder only turns codes into audio."""
+    tables decide the codes and the token files; the decoder only turns codes into audio.
+    ``tables=False`` leaves the tables out too: what the codes mean, which is all a token LM
+    depends on."""
     digest = hashlib.sha256()
-    for name in sorted(n for n in state_dict if not n.startswith("decoder.")):
+    names = (n for n in state_dict if not n.startswith("decoder.") and (tables or n not in ENTROPY_TABLES))
+    for name in sorted(names):
         digest.update(name.encode())
         digest.update(state_dict[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]

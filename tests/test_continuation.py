@@ -24,7 +24,7 @@ def save_tiny_models(folder, fingerprint: str | None = None, K: int = 4):
 
     tiny = codec.load("tiny-16k")
     vocab = default_vocab()
-    info = {"name": tiny.name, "fingerprint": fingerprint or tiny.fingerprint, "sample_rate": tiny.sample_rate,
+    info = {"name": tiny.name, "fingerprint": fingerprint or tiny.codes_fingerprint, "sample_rate": tiny.sample_rate,
             "frame_rate": tiny.frame_rate, "num_codebooks": K, "codebook_size": tiny.codebook_size}
     config = LMConfig(d_model=32, n_layers=1, n_heads=2, dropout=0.0, n_phonemes=len(vocab),
                       codebook_size=tiny.codebook_size, n_codebooks=K)

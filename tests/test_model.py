@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import codec
 from codec.config import CodecConfig, tiny
 from codec.errors import AudioError, ModelError
-from codec.model import CodecModel
+from codec.model import CodecModel, token_fingerprint
 from codec.pretrained import load_pretrained, save_pretrained, tiny_random
 from codec.quantizer import ResidualVectorQuantizer, codebook_stats
 
@@ -262,12 +262,17 @@ def test_fingerprint_covers_the_token_space_not_the_decoder():
         model.encoder.proj_in.weight.add_(0.1)
     assert model.fingerprint != before
     changed = model.fingerprint
-    model.code_counts[0, 0] += 1  # the entropy-coding tables are part of the token files
+    codes_before = model.codes_fingerprint
+    model.code_counts[0, 0] += 1  # the entropy-coding tables are part of the token files...
     assert model.fingerprint != changed
+    assert model.codes_fingerprint == codes_before  # ...but not of what the codes mean (token LMs)
     changed = model.fingerprint
     with torch.no_grad():
         model.quantizer.codebooks[0].embed[0] += 1
-    assert model.fingerprint != changed
+    assert model.fingerprint != changed and model.codes_fingerprint != codes_before
+    prepared = CodecModel(tiny()).prepare_for_inference()  # cached values equal the computed ones
+    assert prepared.codes_fingerprint == token_fingerprint(prepared.state_dict(), tables=False)
+    assert prepared.fingerprint == token_fingerprint(prepared.state_dict()) != prepared.codes_fingerprint
 
 
 def test_frozen_codebooks_still_drop_levels_but_do_not_learn():

@@ -72,9 +72,9 @@ def load_models(ar_dir: str | None = None, nar_dir: str | None = None, codec_nam
     model = codec_package.load(name)
     for lm, info in ((ar, ar_codec), (nar, nar_codec)):
         expected = info.get("fingerprint")
-        if expected and expected != model.fingerprint:
+        if expected and expected != model.codes_fingerprint:
             raise LMError(f"the {lm.kind.upper()} model was trained on codes of codec {info.get('name', '?')} "
-                          f"({expected}), not {model.name} ({model.fingerprint}); pass --codec")
+                          f"({expected}), not {model.name} ({model.codes_fingerprint}); pass --codec")
         if lm.config.codebook_size != model.codebook_size:
             raise LMError(f"the {lm.kind.upper()} model uses {lm.config.codebook_size} codes per codebook, "
                           f"codec {model.name} {model.codebook_size}")

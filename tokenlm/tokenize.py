@@ -202,7 +202,7 @@ def tokenize_corpus(manifests: list[str | Path], out_dir: str | Path, model: str
     codebooks = codec_model.max_codebooks if codebooks is None else codebooks
     if not 1 <= codebooks <= codec_model.max_codebooks:
         raise LMError(f"--codebooks must be in 1..{codec_model.max_codebooks} for {codec_model.name}, got {codebooks}")
-    codec_info = {"name": codec_model.name, "fingerprint": codec_model.fingerprint,
+    codec_info = {"name": codec_model.name, "fingerprint": codec_model.codes_fingerprint,
                   "sample_rate": int(codec_model.sample_rate), "frame_rate": float(codec_model.frame_rate),
                   "num_codebooks": int(codebooks), "codebook_size": int(codec_model.codebook_size)}
     vocab = default_vocab()
