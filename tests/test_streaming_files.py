@@ -18,8 +18,8 @@ import torch
 from codec import files
 from codec import tokenfile as tf
 from codec.audio import load_audio
-from codec.errors import AudioError, TokenFileError
 from codec.context_coding import ContextTables
+from codec.errors import AudioError, TokenFileError
 from codec.fuzz import skewed_counts, zipf_counts
 from codec.model import token_fingerprint
 from codec.pretrained import tiny_random

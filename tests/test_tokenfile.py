@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from codec import context_coding, entropy
 from codec import tokenfile as tf
-from codec.errors import TokenFileError, TokenwaveError
 from codec.context_coding import ContextTables
+from codec.errors import TokenFileError, TokenwaveError
 from codec.tokenfile import MAGIC, TokenFileHeader
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
