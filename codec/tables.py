@@ -85,7 +85,7 @@ def _model_folder(name_or_path: str) -> Path:
     for folder in candidates:
         if (folder / CONFIG_FILE).is_file():
             return folder
-    raise TokenwaveError(f"{name_or_path}: not a tokenwave codec folder or shipped codec name")
+    raise TokenwaveError(f"{name_or_path}: not a codec folder (model.safetensors + config.json) or the name of one in weights/")
 
 
 def add_arguments(parser) -> None:
