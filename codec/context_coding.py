@@ -140,11 +140,9 @@ def encode_block(block: np.ndarray, tables: ContextTables) -> bytes:
     K, C, F = block.shape
     encoder = constriction.stream.queue.RangeEncoder()
     family = _family()
-    for k in range(K):
+    for k in range(K if F else 0):
         for c in range(C):
             symbols = np.ascontiguousarray(block[k, c], dtype=np.int32)
-            if not F:
-                continue
             if k == 0:
                 context = np.concatenate([[tables.codebook_size], block[0, c, :-1]])
                 encoder.encode(symbols, family, tables.transitions[context])
@@ -171,10 +169,8 @@ def decode_block(payload: bytes, shape: tuple[int, int, int], tables: ContextTab
     family = _family()
     try:
         decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
-        for k in range(K):
+        for k in range(K if F else 0):
             for c in range(C):
-                if not F:
-                    continue
                 if k == 0:
                     previous = tables.codebook_size
                     for t in range(F):

@@ -89,6 +89,7 @@ class CodecModel(nn.Module, AudioCodec, CodecHubMixin):
             self.register_buffer("pair_counts", torch.ones(config.context_levels - 1, N, N))
         self._fingerprint: str | None = None
         self._codes_fingerprint: str | None = None
+        self._context_tables: tuple | None = None  # (buffer versions, ContextTables): built once
 
     # -- AudioCodec properties ---------------------------------------------------------------
     @property
@@ -257,13 +258,18 @@ class CodecModel(nn.Module, AudioCodec, CodecHubMixin):
 
     def context_tables(self):
         """:class:`codec.context_coding.ContextTables` from the count buffers, or None for a model
-        without context coding (``config.context_levels == 0``)."""
+        without context coding (``config.context_levels == 0``). Built once and kept until a
+        buffer changes."""
         if not self.config.context_levels:
             return None
         from codec.context_coding import ContextTables
 
         counts = (self.code_counts, self.transition_counts, self.pair_counts)
-        return ContextTables.from_counts(*(c.double().cpu().numpy() for c in counts))
+        key = tuple((c.data_ptr(), c._version) for c in counts)  # changes when a buffer is written
+        if self._context_tables is None or self._context_tables[0] != key:  # ~0.1 s to build
+            tables = ContextTables.from_counts(*(c.double().cpu().numpy() for c in counts))
+            self._context_tables = (key, tables)
+        return self._context_tables[1]
 
 
 #: The entropy-coding tables: how codes are stored in token files, not what they mean.

@@ -162,7 +162,12 @@ def test_config_bounds_context_levels():
     with pytest.raises(ModelError, match="context tables"):
         dataclasses.replace(tiny(16_000), codebook_size=65536, context_levels=1)
     assert tiny_random().context_tables() is None
-    assert context_model(3).context_tables().context_levels == 3
+    model = context_model(3)
+    tables = model.context_tables()
+    assert tables.context_levels == 3 and model.context_tables() is tables  # built once...
+    model.transition_counts[5, 7] += 1000.0
+    rebuilt = model.context_tables()  # ...and again when a count changes
+    assert rebuilt is not tables and rebuilt.transitions[5, 7] > tables.transitions[5, 7]
 
 
 def test_context_model_saves_loads_and_codes_audio(tmp_path):
