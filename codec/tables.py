@@ -116,21 +116,21 @@ def main(args) -> int:
         recordings = select_split(recordings, args.split)
     if not recordings:
         raise TokenwaveError(f"no recordings in split {args.split!r} of {', '.join(args.manifest)}")
-    frames = 0
+    frames = used = 0
 
     def counted():
-        nonlocal frames
+        nonlocal frames, used
         for codes in encoded_recordings(model, recordings):
-            frames += codes.shape[1]
+            frames, used = frames + codes.shape[1], used + 1
             yield codes
 
     counts = count_contexts(counted(), model.codebook_size, levels)
     new = with_tables(model, levels, counts)
     training = json.loads((source / CONFIG_FILE).read_text()).get("training")
-    record = {"recordings": len(recordings), "frames": frames, "hours": round(frames / model.frame_rate / 3600, 3),
+    record = {"recordings": used, "frames": frames, "hours": round(frames / model.frame_rate / 3600, 3),
               "split": args.split, "manifests": [str(m) for m in args.manifest], "context_levels": levels}
     save_pretrained(new, out, extra={"training": training, "entropy_tables": record} if training
                     else {"entropy_tables": record})
-    print(f"counted {frames:,} frames ({record['hours']:.2f} h) of {len(recordings)} recordings; "
+    print(f"counted {frames:,} frames ({record['hours']:.2f} h) of {used} recordings; "
           f"context levels {levels}; fingerprint {model.fingerprint} -> {new.fingerprint}; written to {out}")
     return 0
