@@ -152,6 +152,7 @@ class System:
 class CodecSystem(System):
     model: object = None
     bitrate: float = 0.0
+    coding: str = "auto"  # token-file coding, as tokenwave compress --coding
     codes: list = field(default_factory=list)  # [1, K, T] int64 per file, for codebook_stats
 
     def code(self, clip: Clip, workdir: Path) -> Coded:
@@ -160,7 +161,7 @@ class CodecSystem(System):
         from codec import tokenfile
         from codec.files import coding_tables, decode_bytes, encode_audio
 
-        data = encode_audio(self.model, clip.wav, clip.sample_rate, self.bitrate)
+        data = encode_audio(self.model, clip.wav, clip.sample_rate, self.bitrate, self.coding)
         decoded, rate = decode_bytes(self.model, data)
         _, codes = tokenfile.unpack(data, coding_tables(self.model))
         self.codes.append(torch.from_numpy(np.ascontiguousarray(codes)))
@@ -452,6 +453,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--limit", type=int, default=None,
                         help="score at most N recordings, shared evenly by the speakers of the split")
     parser.add_argument("--bitrates", default=DEFAULT_BITRATES, help=f"kbps, comma-separated (default {DEFAULT_BITRATES})")
+    parser.add_argument("--coding", choices=["auto", "context", "range", "packed"], default="auto",
+                        help="token-file coding of our codec, as in tokenwave compress (default auto: the smallest)")
     parser.add_argument("--baselines", action="store_true",
                         help="also Opus 6/8/12 kbps (opusenc) and Codec2 3200/1600/700C (c2enc), when installed")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -485,7 +488,11 @@ def main_eval(args) -> int:
     model = _load_model(args.model)
     for bitrate in bitrates:
         model.bitrate_to_codebooks(bitrate)
-    systems: list[System] = [CodecSystem(model.name, f"{b:g}", b, model=model, bitrate=b) for b in bitrates]
+    from codec.files import available_codings, coding_tables
+
+    available_codings(model, args.coding, coding_tables(model))  # a coding the model cannot do fails here
+    systems: list[System] = [CodecSystem(model.name, f"{b:g}", b, model=model, bitrate=b, coding=args.coding)
+                             for b in bitrates]
     if args.baselines:
         systems += baseline_systems(log)
 
@@ -518,7 +525,7 @@ def main_eval(args) -> int:
     seconds = sum(r["seconds"] for r in rows if r["system"] == systems[0].name and r["bitrate"] == systems[0].label)
     scored = len({r["file"] for r in rows})
     header = [f"model: `{model.name}`; manifest: `{args.manifest}`, split `{args.split}`"
-              + (f", limit {args.limit}" if args.limit else ""),
+              + (f", limit {args.limit}" if args.limit else "") + (f"; coding `{args.coding}`" if args.coding != "auto" else ""),
               f"{scored} recording(s) scored, {seconds:.1f} s of audio" + (f"; {len(errors)} failure(s)" if errors else "")]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.jsonl",

@@ -258,6 +258,22 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert "use --force" in capsys.readouterr().err
 
 
+def test_coding_option_sets_the_token_files_coding(tmp_path, capsys):
+    manifest = make_manifest(tmp_path, count=1)
+    args = ["eval-codec", "--model", "tiny-16k", "--manifest", str(manifest), "--split", "all", "--bitrates", "6"]
+    payload = {}
+    for coding in ("packed", "range"):
+        assert main(args + ["--coding", coding, "--out", str(tmp_path / coding)]) == 0
+        summary = next(r for r in read_rows(tmp_path / coding) if r["type"] == "summary")
+        payload[coding] = summary["payload_kbps"]
+        assert f"coding `{coding}`" in (tmp_path / coding / "results.md").read_text()
+    assert payload["packed"] == pytest.approx(6.0, rel=0.1)  # 10 bits a code, plus chunk framing
+    assert payload["range"] != payload["packed"]
+    capsys.readouterr()
+    assert main(args + ["--coding", "context", "--out", str(tmp_path / "context")]) == 2
+    assert "ships no context tables" in capsys.readouterr().err
+
+
 def test_unreadable_file_is_reported_and_the_rest_scored(tmp_path, capsys):
     manifest = make_manifest(tmp_path, count=1)
     (tmp_path / "broken.wav").write_bytes(b"not audio at all")
