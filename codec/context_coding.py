@@ -138,37 +138,35 @@ def _family():
 def encode_block(block: np.ndarray, tables: ContextTables) -> bytes:
     """Codes ``[K, C, F]`` -> one range coded stream of 32-bit little-endian words."""
     K, C, F = block.shape
-    encoder = constriction.stream.queue.RangeEncoder()
     family = _family()
-    for k in range(K if F else 0):
-        for c in range(C):
-            symbols = np.ascontiguousarray(block[k, c], dtype=np.int32)
-            if k == 0:
-                context = np.concatenate([[tables.codebook_size], block[0, c, :-1]])
-                encoder.encode(symbols, family, tables.transitions[context])
-            elif k < tables.context_levels:
-                encoder.encode(symbols, family, tables.pairs[k - 1][block[k - 1, c]])
-            else:
-                encoder.encode(symbols, tables.level_models[k])
-    return encoder.get_compressed().astype("<u4").tobytes()
+
+    def write(encoder) -> None:
+        for k in range(K if F else 0):
+            for c in range(C):
+                symbols = np.ascontiguousarray(block[k, c], dtype=np.int32)
+                if k == 0:
+                    context = np.concatenate([[tables.codebook_size], block[0, c, :-1]])
+                    encoder.encode(symbols, family, tables.transitions[context])
+                elif k < tables.context_levels:
+                    encoder.encode(symbols, family, tables.pairs[k - 1][block[k - 1, c]])
+                else:
+                    encoder.encode(symbols, tables.level_models[k])
+
+    return entropy.range_encode(write)
 
 
 def decode_block(payload: bytes, shape: tuple[int, int, int], tables: ContextTables) -> np.ndarray:
     """Inverse of :func:`encode_block`: ``shape = (K, C, F)`` -> codes ``[K, C, F]`` int64.
 
-    Raises ``ValueError`` if the payload is not whole words, is too short for the codes it
-    claims, is invalid for the tables, or has words left over."""
+    Raises ``ValueError`` if the tables cover fewer than K levels, and as
+    :func:`codec.entropy.range_decode` for a bad payload."""
     K, C, F = shape
-    if len(payload) % 4:
-        raise ValueError(f"range coded payload of {len(payload)} bytes is not a whole number of 32-bit words")
-    if K * C * F > entropy.max_symbols(len(payload)):
-        raise ValueError(f"{K * C * F} symbols cannot fit in a range coded payload of {len(payload)} bytes")
     if K > tables.unigram.shape[0]:
         raise ValueError(f"the tables cover {tables.unigram.shape[0]} levels, the chunk has {K}")
-    out = np.zeros((K, C, F), dtype=np.int64)
     family = _family()
-    try:
-        decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
+
+    def read(decoder) -> np.ndarray:
+        out = np.zeros((K, C, F), dtype=np.int64)
         for k in range(K if F else 0):
             for c in range(C):
                 if k == 0:
@@ -180,12 +178,6 @@ def decode_block(payload: bytes, shape: tuple[int, int, int], tables: ContextTab
                     out[k, c] = decoder.decode(family, tables.pairs[k - 1][out[k - 1, c]])
                 else:
                     out[k, c] = decoder.decode(tables.level_models[k], F)
-        exhausted = decoder.maybe_exhausted()
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as e:  # noqa: BLE001 - constriction raises AssertionError (or a Rust panic) on bad data
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"range coded payload is invalid ({reason})") from None
-    if not exhausted:
-        raise ValueError("range coded payload has data left over after its symbols")
-    return out
+        return out
+
+    return entropy.range_decode(payload, K * C * F, read)

@@ -20,6 +20,7 @@ get identical models from the same input.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import constriction
 import numpy as np
@@ -102,34 +103,30 @@ def make_models(table: np.ndarray) -> list:
     return [cat(np.ascontiguousarray(row), perfect=False) for row in table]
 
 
-def encode_symbols(rows, models: list) -> bytes:
-    """Range code a sequence of symbol arrays, ``rows[i]`` with ``models[i]``, into one
-    independently decodable little-endian stream of 32-bit words."""
+def range_encode(write: Callable) -> bytes:
+    """Run ``write(encoder)`` on a fresh constriction ``RangeEncoder``; returns its stream as
+    little-endian 32-bit words."""
     encoder = constriction.stream.queue.RangeEncoder()
-    for symbols, model in zip(rows, models, strict=True):
-        symbols = np.ascontiguousarray(symbols, dtype=np.int32).reshape(-1)
-        if symbols.size:
-            encoder.encode(symbols, model)
+    write(encoder)
     return encoder.get_compressed().astype("<u4").tobytes()
 
 
-def decode_symbols(payload: bytes, counts, models: list) -> list[np.ndarray]:
-    """Inverse of :func:`encode_symbols`: decode ``counts[i]`` symbols with ``models[i]``.
+def range_decode(payload: bytes, symbols: int, read: Callable):
+    """Run ``read(decoder)`` on a ``RangeDecoder`` over ``payload``, which must hold ``symbols``
+    codes; returns what ``read`` returns.
 
     Raises ``ValueError`` if the payload is not whole words, is too short for the symbols it
-    claims (:func:`max_symbols`), is invalid for the models, or has words left over.
+    claims (:func:`max_symbols`, checked before decoding), is invalid for the models, or has
+    words left over.
     """
     if len(payload) % 4:
         raise ValueError(f"range coded payload of {len(payload)} bytes is not a whole number of 32-bit words")
-    total = sum(counts)
-    if total > max_symbols(len(payload)):
-        raise ValueError(f"{total} symbols cannot fit in a range coded payload of {len(payload)} bytes")
+    if symbols > max_symbols(len(payload)):
+        raise ValueError(f"{symbols} symbols cannot fit in a range coded payload of {len(payload)} bytes")
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-    out = []
     try:
         decoder = constriction.stream.queue.RangeDecoder(words)
-        for n, model in zip(counts, models, strict=True):
-            out.append(decoder.decode(model, n) if n else np.zeros(0, np.int32))
+        out = read(decoder)
         exhausted = decoder.maybe_exhausted()
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -139,6 +136,29 @@ def decode_symbols(payload: bytes, counts, models: list) -> list[np.ndarray]:
     if not exhausted:
         raise ValueError("range coded payload has data left over after its symbols")
     return out
+
+
+def encode_symbols(rows, models: list) -> bytes:
+    """Range code a sequence of symbol arrays, ``rows[i]`` with ``models[i]``, into one
+    independently decodable little-endian stream of 32-bit words."""
+
+    def write(encoder) -> None:
+        for symbols, model in zip(rows, models, strict=True):
+            symbols = np.ascontiguousarray(symbols, dtype=np.int32).reshape(-1)
+            if symbols.size:
+                encoder.encode(symbols, model)
+
+    return range_encode(write)
+
+
+def decode_symbols(payload: bytes, counts, models: list) -> list[np.ndarray]:
+    """Inverse of :func:`encode_symbols`: decode ``counts[i]`` symbols with ``models[i]``
+    (errors as :func:`range_decode`)."""
+
+    def read(decoder) -> list[np.ndarray]:
+        return [decoder.decode(model, n) if n else np.zeros(0, np.int32) for n, model in zip(counts, models, strict=True)]
+
+    return range_decode(payload, sum(counts), read)
 
 
 def estimate_bits(codes, probabilities) -> float:
