@@ -116,6 +116,13 @@ def test_threads_get_the_same_answers():
     assert [results[i] for i in range(12)] == expected
 
 
+def test_long_numbers_are_spelled_out_or_refused_cleanly():
+    assert normalize_text("1" + "0" * 28) == "ten octillion."  # beyond Decimal's default 28 digits
+    assert normalize_text("It costs 1" + "0" * 59 + " dollars").startswith("It costs one hundred octodecillion")
+    with pytest.raises(LMError, match="gruut cannot process"):
+        phonemize("9" * 400)  # num2words stops below 10**306
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=60))
 def test_any_text_phonemizes_to_known_symbols(text):

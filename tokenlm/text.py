@@ -25,6 +25,7 @@ lexicon); calls are serialised by a lock, so the functions are thread-safe.
 
 from __future__ import annotations
 
+import decimal
 import functools
 import re
 import sqlite3
@@ -147,12 +148,16 @@ def _words(text: str) -> list:
     text = clean_text(text)
     if not any(c.isalnum() or c in _KEEP_SYMBOLS for c in text):
         return []
-    with _LOCK:
+    with _LOCK, decimal.localcontext() as context:
+        # gruut spells numbers out with Decimal arithmetic; at the default 28 digits of precision a
+        # longer number raises InvalidOperation, so give it as many digits as the text has.
+        context.prec = max(context.prec, len(text) + 28)
         processor = _processor()
         try:
             graph, root = processor(text, lang="en_US")
             return [word for sentence in processor.sentences(graph, root) for word in sentence]
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError, RuntimeError, RecursionError) as error:
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError, RuntimeError, RecursionError,
+                ArithmeticError) as error:  # ArithmeticError: num2words refuses numbers of 10**306 and more
             raise LMError(f"gruut cannot process this text ({type(error).__name__}: {error})") from None
 
 
