@@ -341,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     tables.add_arguments(p)
     p.set_defaults(func=tables.main)
 
+    from codec import refit  # refit-codes: options and logic live in codec/refit.py
+
+    p = sub.add_parser("refit-codes", help="refit a codec's unused codes by k-means on its training latents")
+    refit.add_arguments(p)
+    p.set_defaults(func=refit.main)
+
     from codec import fuzz  # fuzz-tokens: options and logic live in codec/fuzz.py
 
     p = sub.add_parser("fuzz-tokens", help="run mutated and random token files through the reader and decoder")

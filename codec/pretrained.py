@@ -39,7 +39,7 @@ REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
 
 #: config.json keys that describe how the weights were made (not model settings).
-RECORD_KEYS = ("training", "entropy_tables")
+RECORD_KEYS = ("training", "refit_codes", "entropy_tables")
 
 
 def weights_dirs() -> list[Path]:

@@ -126,11 +126,11 @@ def main(args) -> int:
 
     counts = count_contexts(counted(), model.codebook_size, levels)
     new = with_tables(model, levels, counts)
-    training = json.loads((source / CONFIG_FILE).read_text()).get("training")
+    config = json.loads((source / CONFIG_FILE).read_text())
     record = {"recordings": used, "frames": frames, "hours": round(frames / model.frame_rate / 3600, 3),
               "split": args.split, "manifests": [str(m) for m in args.manifest], "context_levels": levels}
-    save_pretrained(new, out, extra={"training": training, "entropy_tables": record} if training
-                    else {"entropy_tables": record})
+    kept = {key: config[key] for key in ("training", "refit_codes") if key in config}
+    save_pretrained(new, out, extra={**kept, "entropy_tables": record})
     print(f"counted {frames:,} frames ({record['hours']:.2f} h) of {used} recordings; "
           f"context levels {levels}; fingerprint {model.fingerprint} -> {new.fingerprint}; written to {out}")
     return 0
