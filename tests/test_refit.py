@@ -11,8 +11,8 @@ import soundfile as sf
 import torch
 
 from codec.cli import main as cli_main
-from codec.errors import TokenwaveError
 from codec.config import tiny
+from codec.errors import TokenwaveError
 from codec.model import CodecModel
 from codec.pretrained import load_pretrained, save_pretrained
 from codec.refit import nearest, refit_codebooks, refit_level
@@ -57,7 +57,7 @@ def test_refit_codebooks_balances_usage_over_levels():
                  torch.cat([0.5 * torch.randn(4, 6, generator=g), 50 + torch.randn(60, 6, generator=g)])]
     new, counts, reports = refit_codebooks(latents, codebooks, min_share=0.5, iters=12, seed=0, progress=False)
     assert counts.shape == (2, 64) and counts.sum(1).tolist() == [4000.0, 4000.0]
-    assert [r.used_before for r in reports][0] == pytest.approx(1 / 64)
+    assert reports[0].used_before == pytest.approx(1 / 64)
     for report, level_counts in zip(reports, counts):
         assert report.used_after == 1.0 and (level_counts > 0).all()
         assert level_counts.min() >= 0.1 * 4000 / 64  # balanced: no starved code
