@@ -229,6 +229,39 @@ def test_several_shard_folders_merge_and_best_keeps_the_lowest_dev_loss_across_r
     assert read_lm_info(out / "best")["extra"]["training"]["best"]["step"] == kept["steps"]
 
 
+def test_init_starts_a_new_run_from_exported_weights_on_another_codecs_shards(tmp_path):
+    from safetensors.torch import load_file
+
+    from tokenlm.pretrained import read_lm_info
+    from tokenlm.shards import write_shard
+
+    train_lm(config(make_shards(tmp_path / "shards"), tmp_path / "first", "ar", steps=4, checkpoint_every=4))
+    # The same corpus coded by another codec (a refitted one): the fingerprint differs.
+    utterances, vocab = make_utterances()
+    other = tmp_path / "other"
+    other.mkdir()
+    write_shard(other / "shard_00000.safetensors", utterances, CODEC_INFO | {"fingerprint": "fedcba9876543210"}, vocab)
+    with pytest.raises(TokenwaveError, match="come from another codec"):  # --resume refuses it ...
+        train_lm(config(other, tmp_path / "first", "ar", steps=8))
+    init = tmp_path / "first" / "export"
+    out = tmp_path / "tuned"  # ... --init starts from the weights: one step at a negligible rate keeps them
+    train_lm(config(other, out, "ar", steps=1, lr=1e-12, warmup_steps=0, checkpoint_every=1, init=str(init),
+                    model=TINY_MODEL | {"d_model": 64}))  # model options come from the weights
+    before, after = load_file(init / "model.safetensors"), load_file(out / "export" / "model.safetensors")
+    assert_same_weights(before, after)
+    info = read_lm_info(out / "export")
+    assert info["codec"]["fingerprint"] == "fedcba9876543210" and info["extra"]["training"]["init"] == str(init)
+    assert info["lm"]["d_model"] == TINY_MODEL["d_model"]
+    # A bad starting point is a one-line error.
+    with pytest.raises(TokenwaveError, match="a nar model is needed"):
+        train_lm(config(other, tmp_path / "nar", "nar", steps=1, init=str(init)))
+    three = tmp_path / "three"
+    three.mkdir()
+    write_shard(three / "shard_00000.safetensors", make_utterances(K=3)[0], CODEC_INFO | {"num_codebooks": 3}, vocab)
+    with pytest.raises(TokenwaveError, match="the shards have 3 of 64"):
+        train_lm(config(three, tmp_path / "k3", "ar", steps=1, init=str(init)))
+
+
 def test_bad_requests_are_one_line_errors(tmp_path):
     shards = make_shards(tmp_path / "shards")
     with pytest.raises(TokenwaveError, match="--stage"):

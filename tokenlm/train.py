@@ -97,6 +97,7 @@ class TrainLMConfig:
     seed: int = 0
     threads: int | None = None
     resume: bool = False
+    init: str | None = None  # start a new run from these exported LM weights (e.g. on a refitted codec's tokens)
     device: str = "auto"  # auto (CUDA when available), cpu or cuda
     precision: str = "auto"  # auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16
     model: dict = field(default_factory=dict)  # LMConfig overrides: d_model, n_layers, n_heads, ...
@@ -274,6 +275,13 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
             raise LMError(f"the shards in {shards} use another phoneme vocabulary than the run in {out_dir}")
         if main and any(lm_config.to_dict()[k] != v for k, v in config.model.items()):
             tqdm.write("note: the model options are taken from the checkpoint", file=sys.stderr)
+        if main and config.init:
+            tqdm.write(f"note: resuming the run in {out_dir}; --init {config.init} is not used", file=sys.stderr)
+    elif config.init:
+        initial = initial_weights(config.init, config.stage, vocab, int(codec_info["codebook_size"]), K)
+        lm_config = initial.config
+        if main:
+            tqdm.write(f"new run from the weights in {config.init} (model options taken from them)")
     else:
         lm_config = LMConfig(**({"n_phonemes": max(len(vocab), 2), "codebook_size": int(codec_info["codebook_size"]),
                                  "n_codebooks": K} | config.model))
@@ -294,6 +302,9 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         start = checkpoint["step"]
+    elif config.init:
+        model.load_state_dict(initial.state_dict())
+        del initial
     model.to(device)
     amp = autocast_dtype(config.precision, device)
     optimizer = make_optimizer(model, config)
@@ -380,6 +391,21 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
     return out_dir / "export"
 
 
+def initial_weights(folder: str, stage: str, vocab, codebook_size: int, n_codebooks: int) -> torch.nn.Module:
+    """The exported LM in ``folder`` to start a run from, checked against the shards: same stage,
+    phoneme vocabulary, codebook size and number of codebooks. Its codec may differ (that is the
+    point: fine-tuning on the tokens of a refitted or retrained codec)."""
+    from tokenlm.pretrained import load_lm
+
+    model, init_vocab = load_lm(folder, kind=stage)
+    if init_vocab.to_dict() != vocab.to_dict():
+        raise LMError(f"--init {folder} uses another phoneme vocabulary than the shards")
+    if model.config.codebook_size != codebook_size or model.config.n_codebooks != n_codebooks:
+        raise LMError(f"--init {folder} models {model.config.n_codebooks} codebooks of {model.config.codebook_size} "
+                      f"codes, the shards have {n_codebooks} of {codebook_size}")
+    return model.float().train()
+
+
 def export(model: torch.nn.Module, folder: Path, vocab, codec_info: dict, config: TrainLMConfig, step: int,
            best: dict | None = None) -> Path:
     """Float16 weights + config (vocab, codec info, training summary) for inference."""
@@ -387,6 +413,8 @@ def export(model: torch.nn.Module, folder: Path, vocab, codec_info: dict, config
 
     training = {"stage": config.stage, "steps": step, "batch_frames": config.batch_frames,
                 "text_free_prob": config.text_free_prob, "shards": list(config.shards)}
+    if config.init:
+        training["init"] = str(config.init)
     if best is not None:
         training["best"] = best
     return save_lm(model, folder, vocab, extra={"training": training}, codec=dict(codec_info))
@@ -514,6 +542,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {defaults.max_seconds:g})")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint")
+    parser.add_argument("--init", default=None, metavar="LM",
+                        help="start a new run from this exported AR/NAR folder (its model options, fresh optimizer "
+                             "and schedule); its codec may differ from the shards' (fine-tuning after a codec change)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                         help="auto: bf16 (or fp16) autocast on CUDA, fp32 on the CPU")
@@ -533,7 +564,7 @@ def config_from_args(args: argparse.Namespace) -> TrainLMConfig:
         lr=args.lr, warmup_steps=args.warmup, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
         log_every=args.log_every, text_free_prob=args.text_free_prob, guided_attention=args.guided_attention,
         guided_sigma=args.guided_sigma, nar_stage_decay=args.nar_stage_decay, max_seconds=args.max_seconds, seed=args.seed,
-        threads=args.threads, resume=args.resume, device=args.device, precision=args.precision, model=model,
+        threads=args.threads, resume=args.resume, init=args.init, device=args.device, precision=args.precision, model=model,
     )
 
 
