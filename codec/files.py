@@ -105,12 +105,30 @@ def encode_audio(model: AudioCodec, wav: np.ndarray, sample_rate: int, bitrate: 
     return min(reversed(files), key=len)  # on a tie, the simpler coding
 
 
+def shipped_model_with_fingerprint(fingerprint: str) -> str | None:
+    """The name of an installed codec (``weights/`` or ``$TOKENWAVE_WEIGHTS``) whose token-file
+    fingerprint is ``fingerprint``, or None; loads each one, so only for error messages."""
+    from codec.errors import ModelError
+    from codec.pretrained import CONFIG_FILE, load_pretrained, weights_dirs
+
+    for folder in weights_dirs():
+        for candidate in sorted(folder.glob(f"*/{CONFIG_FILE}")) if folder.is_dir() else []:
+            try:
+                if load_pretrained(candidate.parent).fingerprint == fingerprint:
+                    return candidate.parent.name
+            except (ModelError, ValueError, KeyError):
+                continue  # not a codec folder (an LM, a voice folder ...)
+    return None
+
+
 def check_model_matches(model: AudioCodec, header: tokenfile.TokenFileHeader) -> None:
     """Refuse a token file made by other weights, or whose header does not fit ``model``."""
     if header.model_hash != model.fingerprint or header.codebook_size != model.codebook_size:
+        owner = shipped_model_with_fingerprint(header.model_hash)
+        hint = f"; those weights are installed as {owner!r}: pass --model {owner}" if owner else ""
         raise TokenFileError(
             f"token file was made by model {header.model!r} (weights {header.model_hash}), "
-            f"but the model in use is {model.name!r} (weights {model.fingerprint})"
+            f"but the model in use is {model.name!r} (weights {model.fingerprint}){hint}"
         )
     if header.sample_rate != model.sample_rate or header.frame_rate != float(model.frame_rate):
         raise TokenFileError(

@@ -173,13 +173,13 @@ def refit_codebooks(latents: torch.Tensor, codebooks: list[torch.Tensor], min_sh
     return new_codebooks, torch.stack(counts), reports
 
 
-def with_codebooks(model, codebooks: list[torch.Tensor], code_counts: torch.Tensor):
-    """A copy of ``model`` with new codebooks (their EMA state made consistent with them), the
-    per-level tables ``code_counts + 1`` and no context tables."""
+def with_codebooks(model, codebooks: list[torch.Tensor], code_counts: torch.Tensor, name: str | None = None):
+    """A copy of ``model`` (renamed ``name`` when given) with new codebooks (their EMA state made
+    consistent with them), the per-level tables ``code_counts + 1`` and no context tables."""
     from codec.model import CodecModel
     from codec.tables import storable
 
-    config = dataclasses.replace(model.config, context_levels=0)
+    config = dataclasses.replace(model.config, context_levels=0, name=name or model.config.name)
     state = {k: v for k, v in model.state_dict().items() if k not in ("transition_counts", "pair_counts")}
     for level, codebook in enumerate(codebooks):
         prefix = f"quantizer.codebooks.{level}."
@@ -206,6 +206,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--iters", type=int, default=20, help="k-means iterations per level (default 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--name", default=None, help="name of the refitted model (default: the source model's)")
     parser.add_argument("--out", required=True, help="folder for the refitted model")
     parser.add_argument("--force", action="store_true", help="write into --out even if it holds a model")
 
@@ -233,7 +234,7 @@ def main(args) -> int:
         raise TokenwaveError(f"{latents.shape[0]} frames are too few to refit {model.codebook_size} codes")
     codebooks = [cb.embed for cb in model.quantizer.codebooks]
     new_codebooks, counts, reports = refit_codebooks(latents, codebooks, args.min_share, args.iters, args.seed)
-    new = with_codebooks(model, new_codebooks, counts)
+    new = with_codebooks(model, new_codebooks, counts, args.name)
     config = json.loads((source / CONFIG_FILE).read_text())
     record = {"frames": int(latents.shape[0]), "split": args.split, "manifests": [str(m) for m in args.manifest],
               "min_share": args.min_share, "iters": args.iters, "seed": args.seed,

@@ -105,13 +105,13 @@ def test_refit_codes_command(tmp_path, speech_manifest, capsys):
     source = load_pretrained(tmp_path / "src")
     out = tmp_path / "refit"
     args = ["refit-codes", "--model", str(tmp_path / "src"), "--manifest", str(speech_manifest),
-            "--min-share", "0.5", "--iters", "4", "--out", str(out)]
+            "--min-share", "0.5", "--iters", "4", "--name", "small-refit", "--out", str(out)]
     assert cli_main(args) == 0
     printed = capsys.readouterr().out
     refit = load_pretrained(out)
     config = json.loads((out / "config.json").read_text())
     record = config["refit_codes"]
-    assert config["training"] == {"steps": 7} and config["context_levels"] == 0
+    assert config["training"] == {"steps": 7} and config["context_levels"] == 0 and refit.name == "small-refit"
     assert record["frames"] == 23 * 51 and record["split"] == "train" and len(record["levels"]) == 4
     assert refit.codes_fingerprint != source.codes_fingerprint and refit.codes_fingerprint in printed
     # Only the codebooks (with their EMA state) and the tables change; codes used often keep their vectors.

@@ -237,3 +237,18 @@ def test_bench_long_command(capsys):
     out = capsys.readouterr().out
     assert "OK: decoded length equals the input length (192000 samples at 16000 Hz)" in out
     assert "OK: peak RSS" in out and "compress" in out and "decompress" in out
+
+
+def test_a_file_from_other_installed_weights_names_them(tmp_path, monkeypatch, model):
+    from codec.pretrained import load_pretrained, save_pretrained
+
+    save_pretrained(tiny_random(seed=1), tmp_path / "weights" / "older-codec")
+    other = load_pretrained(tmp_path / "weights" / "older-codec")  # as stored (float16)
+    (tmp_path / "weights" / "not-a-codec").mkdir()
+    (tmp_path / "weights" / "not-a-codec" / "config.json").write_text('{"format": "tokenwave-lm"}')
+    monkeypatch.setenv("TOKENWAVE_WEIGHTS", str(tmp_path / "weights"))
+    wav = speechlike(0.5, 16_000)[:, 0]
+    data = files.encode_audio(other, wav[None], 16_000, bitrate=1.5)
+    with pytest.raises(TokenFileError, match="installed as 'older-codec': pass --model older-codec"):
+        list(files.decode_stream(model, data)[1])
+    assert files.shipped_model_with_fingerprint("0123") is None
