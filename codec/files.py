@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -107,11 +108,19 @@ def encode_audio(model: AudioCodec, wav: np.ndarray, sample_rate: int, bitrate: 
 
 def shipped_model_with_fingerprint(fingerprint: str) -> str | None:
     """The name of an installed codec (``weights/`` or ``$TOKENWAVE_WEIGHTS``) whose token-file
-    fingerprint is ``fingerprint``, or None; loads each one, so only for error messages."""
-    from codec.errors import ModelError
-    from codec.pretrained import CONFIG_FILE, load_pretrained, weights_dirs
+    fingerprint is ``fingerprint``, or None. Loads each one (once per process and set of weights
+    folders), so it is for files that do not match their named model and for error messages."""
+    from codec.pretrained import weights_dirs
 
-    for folder in weights_dirs():
+    return _model_with_fingerprint(fingerprint, tuple(weights_dirs()))
+
+
+@lru_cache(maxsize=16)
+def _model_with_fingerprint(fingerprint: str, folders: tuple[Path, ...]) -> str | None:
+    from codec.errors import ModelError
+    from codec.pretrained import CONFIG_FILE, load_pretrained
+
+    for folder in folders:
         for candidate in sorted(folder.glob(f"*/{CONFIG_FILE}")) if folder.is_dir() else []:
             try:
                 if load_pretrained(candidate.parent).fingerprint == fingerprint:
@@ -151,7 +160,10 @@ def decode_bytes(model: AudioCodec, data: bytes) -> tuple[np.ndarray, int]:
 
 
 def installed_model_of(path: Path) -> str:
-    """The model named in a token file's header, if it is one installed here.
+    """The installed model that decodes a token file: the one its header names, or, when that
+    model's weights have changed since the file was written (its fingerprint differs from the
+    header's ``model_hash``), the installed model whose weights match (for example
+    ``speech-16k-v1`` for files written before ``speech-16k`` was updated), with a note on stderr.
 
     The header is untrusted: only plain names of shipped or built-in models are accepted, never a
     path or a hub id, so a file cannot make us load something of its choosing.
@@ -159,12 +171,31 @@ def installed_model_of(path: Path) -> str:
     from codec.pretrained import available_models
 
     try:
-        name = tokenfile.read_header(tokenfile.read_token_file(path)).model
+        header = tokenfile.read_header(tokenfile.read_token_file(path))
     except TokenFileError as error:
         raise TokenFileError(f"{path}: {error}") from None
+    name = header.model
     if name not in available_models():
         raise TokenFileError(f"{path}: made by model {name!r}, which is not installed here; pass --model")
-    return name
+    if _installed_fingerprint(name) != header.model_hash:
+        owner = shipped_model_with_fingerprint(header.model_hash)
+        if owner is not None:
+            print(f"note: {path} was written by earlier {name!r} weights; decoding with {owner!r}", file=sys.stderr)
+            return owner
+    return name  # a mismatch left is reported by check_model_matches
+
+
+def _installed_fingerprint(name: str) -> str:
+    from codec.pretrained import weights_dirs
+
+    return _fingerprint_of(name, tuple(weights_dirs()))
+
+
+@lru_cache(maxsize=16)
+def _fingerprint_of(name: str, folders: tuple[Path, ...]) -> str:
+    import codec
+
+    return codec.load(name).fingerprint
 
 
 def _streams(model: AudioCodec) -> bool:

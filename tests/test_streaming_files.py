@@ -252,3 +252,36 @@ def test_a_file_from_other_installed_weights_names_them(tmp_path, monkeypatch, m
     with pytest.raises(TokenFileError, match="installed as 'older-codec': pass --model older-codec"):
         list(files.decode_stream(model, data)[1])
     assert files.shipped_model_with_fingerprint("0123") is None
+
+
+def test_decompress_finds_the_installed_weights_an_older_file_was_written_with(tmp_path, monkeypatch, capsys):
+    """A file written by 'speechy' before 'speechy' was updated decodes with the old weights, now
+    installed as 'speechy-v1' (as speech-16k / speech-16k-v1 ship)."""
+    import dataclasses
+
+    from codec.cli import main as cli_main
+    from codec.model import CodecModel
+    from codec.pretrained import load_pretrained, save_pretrained
+
+    def renamed(model, name):
+        copy = CodecModel(dataclasses.replace(model.config, name=name))
+        copy.load_state_dict(model.state_dict())
+        return copy.prepare_for_inference()
+
+    weights = tmp_path / "weights"
+    save_pretrained(renamed(tiny_random(seed=1), "speechy"), tmp_path / "old")
+    old = load_pretrained(tmp_path / "old")
+    sf.write(tmp_path / "a.wav", speechlike(0.5, 16_000), 16_000)
+    (tmp_path / "a.tok").write_bytes(files.encode_audio(old, speechlike(0.5, 16_000).T, 16_000, bitrate=1.5))
+    save_pretrained(renamed(old, "speechy-v1"), weights / "speechy-v1")
+    save_pretrained(renamed(tiny_random(seed=2), "speechy"), weights / "speechy")
+    monkeypatch.setenv("TOKENWAVE_WEIGHTS", str(weights))
+    assert files.installed_model_of(tmp_path / "a.tok") == "speechy-v1"
+    assert cli_main(["decompress", str(tmp_path / "a.tok"), "-o", str(tmp_path / "a_out.wav")]) == 0
+    assert "written by earlier 'speechy' weights; decoding with 'speechy-v1'" in capsys.readouterr().err
+    decoded, _ = sf.read(tmp_path / "a_out.wav")
+    expected, _ = files.decode_bytes(old, (tmp_path / "a.tok").read_bytes())
+    np.testing.assert_allclose(decoded, expected[0], atol=1e-4)
+    # Forcing the new model still fails, naming the weights that fit.
+    assert cli_main(["decompress", str(tmp_path / "a.tok"), "-o", str(tmp_path / "b.wav"), "--model", "speechy"]) == 1
+    assert "installed as 'speechy-v1'" in capsys.readouterr().err
