@@ -144,6 +144,18 @@ def test_compress_info_decompress(tmp_path, capsys, wav):
     assert leftovers(tmp_path) == []
 
 
+def test_output_into_a_closed_pipe_is_quiet(tmp_path, capsys, wav):
+    """`tokenwave info FILE | head -1`: the reader leaves early; no traceback, exit 141 like a shell."""
+    tok = tmp_path / "speech.tok"
+    assert cli(capsys, "compress", wav, "-o", tok, *MODEL)[0] == 0
+    reader, writer = os.pipe()
+    os.close(reader)  # every write fails with EPIPE
+    result = subprocess.run([sys.executable, "-m", "codec.cli", "info", str(tok), "--stats", *MODEL],
+                            stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(writer)
+    assert result.returncode == 141 and "Traceback" not in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize(("bitrate", "codebooks"), [("1.5", 3), ("3", 6), ("6", 12)])
 def test_bitrate_sets_codebooks(tmp_path, capsys, wav, bitrate, codebooks):
     tok = tmp_path / "speech.tok"
