@@ -49,6 +49,15 @@ def test_refit_level_with_nothing_to_free_changes_nothing():
     assert not freed.any() and torch.equal(new, centres) and torch.equal(assignment, nearest(data, centres))
 
 
+def test_refit_level_when_most_frames_sit_exactly_on_codes():
+    g = torch.Generator().manual_seed(3)
+    codebook = torch.randn(16, 2, generator=g)
+    data = torch.cat([codebook[:2].repeat(40, 1), torch.randn(3, 2, generator=g)])  # 3 frames off the codes
+    new, freed, assignment = refit_level(data, codebook, min_share=0.5, iters=4, generator=g)
+    assert int(freed.sum()) == 14 and torch.isfinite(new).all()
+    assert torch.equal(assignment, nearest(data, new))
+
+
 def test_refit_codebooks_balances_usage_over_levels():
     g = torch.Generator().manual_seed(2)
     latents = torch.randn(4000, 6, generator=g)
