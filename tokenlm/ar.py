@@ -8,7 +8,16 @@ Phonemes (prompt text + target text) use a text embedding table, audio tokens an
 of ``codebook_size + 2`` entries (``eos = codebook_size``, ``bos = codebook_size + 1``); the
 head predicts ``codebook_size + 1`` classes (codes and eos). The whole sequence, phonemes
 included, is causal (simple, and it lets generation cache the phoneme part like any prefix).
-RoPE positions are contiguous per row: phoneme j at j, audio input t at ``P + t``.
+RoPE positions are contiguous per row: phoneme j at j, audio input t at ``P + t``, unless
+the config's ``text_pace`` is set (below).
+
+Paced text positions (``text_pace > 0``; the "position rate" of Deep Voice 3, Ping et al.,
+2018): phoneme j sits at position ``j * r`` and audio input t at ``t``, where ``r`` is the row's
+audio frames per phoneme (``code_lengths / phoneme_lengths`` in training; the prompt's pace, or
+``text_pace`` without a text prompt, in generation). RoPE scores depend on relative positions
+only, so "attend to the phoneme near my own position", the diagonal that speech follows, is a
+pattern every head can express from the first step, instead of an alignment the model has to
+discover from the content. Causality still follows the sequence order (all phonemes come first).
 
 Batches are right-padded in two blocks, ``[phonemes padded to P_max][audio padded to T+1]``;
 per-row positions and a key padding mask make each row compute exactly what it would alone.
@@ -62,25 +71,43 @@ class ARModel(nn.Module, LMHubMixin):
         codes: torch.Tensor,
         code_lengths: torch.Tensor,
         probe: AttentionProbe | None = None,
+        pace: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``pace [B]``: frames per phoneme of paced positions (default ``code_lengths /
+        phoneme_lengths``, the truth in training); ignored without ``config.text_pace``."""
         B, P = phonemes.shape
         T = codes.shape[1]
         audio_in = torch.cat(
             [torch.full((B, 1), self.bos, dtype=torch.long, device=codes.device), codes], dim=1
         )
         x = torch.cat([self.text_emb(phonemes), self.audio_emb(audio_in)], dim=1)
-        positions = torch.cat(
-            [
-                torch.arange(P, device=codes.device).expand(B, P),
-                phoneme_lengths[:, None] + torch.arange(T + 1, device=codes.device)[None, :],
-            ],
-            dim=1,
-        )
+        if pace is None and self.paced:
+            pace = code_lengths / phoneme_lengths.clamp(min=1)
+        positions = self.positions(phoneme_lengths, P, T + 1, pace)
         key_valid = torch.cat(
             [padding_mask(phoneme_lengths, P), padding_mask(code_lengths + 1, T + 1)], dim=1
         )
         h = self.transformer(x, positions, attention_mask(key_valid, causal=True), probe=probe)
         return self.head(h[:, P:])
+
+    @property
+    def paced(self) -> bool:
+        return self.config.text_pace > 0
+
+    def positions(
+        self, phoneme_lengths: torch.Tensor, P: int, A: int, pace: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """RoPE positions ``[B, P + A]`` of ``[phonemes padded to P][A audio inputs]``
+        (module docstring); ``pace [B]`` is required when the model is paced."""
+        device = phoneme_lengths.device
+        B = phoneme_lengths.shape[0]
+        text = torch.arange(P, device=device).expand(B, P)
+        audio = torch.arange(A, device=device).expand(B, A)
+        if not self.paced:
+            return torch.cat([text, phoneme_lengths[:, None] + audio], dim=1)
+        if pace is None:
+            raise ValueError("a paced AR model needs pace (frames per phoneme) per row")
+        return torch.cat([text * pace.to(device, torch.float32)[:, None], audio.float()], dim=1)
 
     def logits_last(self, h: torch.Tensor) -> torch.Tensor:
         """``h [B, L, D]`` -> logits of the last position ``[B, codebook_size+1]``."""

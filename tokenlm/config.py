@@ -23,6 +23,9 @@ class LMConfig:
     ``n_phonemes`` is the size of the phoneme table (``len(vocab)``, may be larger);
     ``codebook_size`` / ``n_codebooks`` describe the codec's codes ``[K, T]``;
     ``max_phonemes`` / ``max_frames`` bound what generation accepts and produces (50 Hz frames).
+``text_pace`` (AR only): 0 numbers the phonemes and audio contiguously; > 0 gives them paced
+positions (:class:`tokenlm.ar.ARModel`) and is the frames per phoneme assumed when nothing
+better is known (the median of the training utterances).
     """
 
     d_model: int = 256
@@ -36,6 +39,7 @@ class LMConfig:
     max_phonemes: int = 1024
     max_frames: int = 1500  # 30 s at 50 Hz
     rope_base: float = 10_000.0
+    text_pace: float = 0.0  # AR: > 0 paces phoneme positions (see ARModel); the default frames/phoneme
 
     def __post_init__(self) -> None:
         checks = {
@@ -51,6 +55,7 @@ class LMConfig:
             "n_codebooks must be >= 1": self.n_codebooks >= 1,
             "max_phonemes and max_frames must be positive": self.max_phonemes > 0 and self.max_frames > 0,
             "rope_base must be > 1": self.rope_base > 1,
+            "text_pace must be >= 0": self.text_pace >= 0,
         }
         for message, ok in checks.items():
             if not ok:

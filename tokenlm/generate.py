@@ -78,6 +78,7 @@ def generate_ar(
     text_free: bool = False,
     use_cache: bool = True,
     progress: bool = False,
+    pace: Sequence[float] | None = None,
 ) -> list[torch.Tensor]:
     """Generate the first codebook layer for a batch of rows.
 
@@ -86,6 +87,8 @@ def generate_ar(
     ``[K, Tp]``, layer 0 is used), or None. ``target_phonemes``: per row how many of the
     phonemes (at the end) belong to the text to speak; default all of them. ``max_frames``
     caps every row (required in text-free mode), ``min_frames`` overrides the minimum.
+    ``pace``: per row the frames per phoneme of a paced model's text positions (ignored by other
+    models); default :func:`prompt_pace`.
     Returns per row a CPU LongTensor ``[T]`` of codes (no eos), ``1 <= T <= max``.
     """
     sampling = sampling or SamplingConfig()
@@ -135,16 +138,29 @@ def generate_ar(
     limits = [
         length_limits(0 if text_free else int(t), sampling, hard_cap, min_frames) for t in target_phonemes
     ]
+    if pace is None:
+        pace = [prompt_pace(config, len(p) - int(t), len(q)) for p, q, t in zip(phonemes, prompts, target_phonemes)]
+    elif len(pace) != B or not all(math.isfinite(r) and r > 0 for r in pace):
+        raise LMError("pace must give, per row, a positive number of frames per phoneme")
 
     was_training = model.training
     model.eval()
     try:
-        return _generate(model, phonemes, prompts, limits, sampling, seed, use_cache, progress)
+        return _generate(model, phonemes, prompts, limits, sampling, seed, use_cache, progress, pace)
     finally:
         model.train(was_training)
 
 
-def _generate(model: ARModel, phonemes, prompts, limits, sampling, seed, use_cache, progress):
+def prompt_pace(config, prompt_phonemes: int, prompt_frames: int) -> float:
+    """Frames per phoneme for a paced AR row: the prompt's own (its frames over its phonemes,
+    kept within 0.5..2 x ``config.text_pace``) when it has both, else ``config.text_pace``."""
+    default = config.text_pace or 1.0
+    if prompt_phonemes > 0 and prompt_frames > 0:
+        return min(max(prompt_frames / prompt_phonemes, 0.5 * default), 2.0 * default)
+    return default
+
+
+def _generate(model: ARModel, phonemes, prompts, limits, sampling, seed, use_cache, progress, pace):
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     B = len(phonemes)
@@ -153,6 +169,7 @@ def _generate(model: ARModel, phonemes, prompts, limits, sampling, seed, use_cac
     if guided:  # rows B..2B-1: the same audio without text (the unconditional branch)
         phonemes = list(phonemes) + [p[:0] for p in phonemes]
         prompts = list(prompts) + list(prompts)
+        pace = list(pace) + list(pace)
     prefixes = [
         torch.cat(
             [model.text_emb(p.to(device)), model.audio_emb(torch.cat([torch.tensor([bos]), q]).to(device))]
@@ -167,8 +184,17 @@ def _generate(model: ARModel, phonemes, prompts, limits, sampling, seed, use_cac
     for i, row in enumerate(prefixes):
         x[i, L - len(row) :] = row
     columns = torch.arange(L, device=device)[None, :]
-    positions = (columns - pad[:, None]).clamp(min=0)
     key_valid = columns >= pad[:, None]
+    if model.paced:  # each row's own positions, left-padded with zeros
+        positions = torch.zeros(R, L, device=device)
+        for i, (p, q) in enumerate(zip(phonemes, prompts)):
+            row = model.positions(torch.tensor([len(p)], device=device), len(p), len(q) + 1,
+                                  torch.tensor([float(pace[i])], device=device))
+            positions[i, L - row.shape[1]:] = row[0]
+        next_position = torch.tensor([len(q) + 1 for q in prompts], device=device)  # of generated frame 0
+    else:
+        positions = (columns - pad[:, None]).clamp(min=0)
+        next_position = lengths
     padded = bool((pad > 0).any())
     min_len = torch.tensor([lo for lo, _ in limits], device=device)
     max_len = torch.tensor([hi for _, hi in limits], device=device)
@@ -203,11 +229,11 @@ def _generate(model: ARModel, phonemes, prompts, limits, sampling, seed, use_cac
         fed = token.repeat(R // B)  # both branches continue with the chosen token
         if decoder is not None:  # one new column for every row, through the KV cache
             mask = all_valid[:, None, None, : L + t + 1] if padded else None
-            logits = decoder(model.audio_emb(fed), lengths + t, mask, cache)
+            logits = decoder(model.audio_emb(fed), next_position + t, mask, cache)
         else:  # recompute the whole sequence
             n = t + 1
             xs = torch.cat([x, model.audio_emb(generated[:, :n].repeat(R // B, 1))], dim=1)
-            pos = torch.cat([positions, lengths[:, None] + torch.arange(n, device=device)[None, :]], dim=1)
+            pos = torch.cat([positions, next_position[:, None] + torch.arange(n, device=device)[None, :]], dim=1)
             if padded:
                 h = model.transformer(xs, pos, attention_mask(all_valid[:, : L + n], causal=True))
             else:

@@ -53,6 +53,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -98,6 +99,7 @@ class TrainLMConfig:
     threads: int | None = None
     resume: bool = False
     init: str | None = None  # start a new run from these exported LM weights (e.g. on a refitted codec's tokens)
+    paced_text: bool = False  # AR, new runs: paced phoneme positions (LMConfig.text_pace from the training data)
     device: str = "auto"  # auto (CUDA when available), cpu or cuda
     precision: str = "auto"  # auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16
     model: dict = field(default_factory=dict)  # LMConfig overrides: d_model, n_layers, n_heads, ...
@@ -285,6 +287,13 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
     else:
         lm_config = LMConfig(**({"n_phonemes": max(len(vocab), 2), "codebook_size": int(codec_info["codebook_size"]),
                                  "n_codebooks": K} | config.model))
+    if checkpoint is None and config.paced_text:
+        if config.stage != "ar":
+            raise LMError("--paced-text is an AR option")
+        lm_config = dataclasses.replace(lm_config, text_pace=median_pace(train_set.utterances))
+        if main:
+            tqdm.write(f"paced text positions: {lm_config.text_pace:g} frames per phoneme without a text prompt "
+                       "(the median of the training utterances)")
     if train_set.max_frames > lm_config.max_frames:
         raise LMError(f"--max-seconds {config.max_seconds:g} is longer than the model's "
                       f"{lm_config.max_frames / frame_rate:g} s")
@@ -389,6 +398,14 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
                     export(model, out_dir / "export", vocab, codec_info, config, step + 1)
                 distributed.barrier()  # the others wait for the checkpoint and the export
     return out_dir / "export"
+
+
+def median_pace(utterances: list) -> float:
+    """Median frames per phoneme over the utterances with text (3 decimals)."""
+    rates = [u.codes.shape[1] / len(u.phonemes) for u in utterances if len(u.phonemes)]
+    if not rates:
+        raise LMError("--paced-text needs training utterances with text")
+    return round(float(np.median(rates)), 3)
 
 
 def initial_weights(folder: str, stage: str, vocab, codebook_size: int, n_codebooks: int) -> torch.nn.Module:
@@ -545,6 +562,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", default=None, metavar="LM",
                         help="start a new run from this exported AR/NAR folder (its model options, fresh optimizer "
                              "and schedule); its codec may differ from the shards' (fine-tuning after a codec change)")
+    parser.add_argument("--paced-text", action="store_true",
+                        help="AR, new runs (also with --init): phoneme j at RoPE position j x (frames per phoneme), "
+                             "audio frame t at t, so that the text/audio diagonal is a relative position "
+                             "(tokenlm/ar.py)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                         help="auto: bf16 (or fp16) autocast on CUDA, fp32 on the CPU")
@@ -564,7 +585,7 @@ def config_from_args(args: argparse.Namespace) -> TrainLMConfig:
         lr=args.lr, warmup_steps=args.warmup, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
         log_every=args.log_every, text_free_prob=args.text_free_prob, guided_attention=args.guided_attention,
         guided_sigma=args.guided_sigma, nar_stage_decay=args.nar_stage_decay, max_seconds=args.max_seconds, seed=args.seed,
-        threads=args.threads, resume=args.resume, init=args.init, device=args.device, precision=args.precision, model=model,
+        threads=args.threads, resume=args.resume, init=args.init, paced_text=args.paced_text, device=args.device, precision=args.precision, model=model,
     )
 
 
