@@ -16,6 +16,7 @@ from tts.errors import TTSError
 from tts.evaluate import (
     SENTENCES_FILE,
     cosine,
+    char_edits,
     edit_ops,
     normalize_words,
     parse_layer_rows,
@@ -49,6 +50,13 @@ def test_wer_values():
     assert wer("a", "b c d") == 3.0  # ... as in every WER definition
     assert wer("", "") == 0.0 and math.isinf(wer("", "word"))
     assert wer(["a", "b"], ["a", "c"]) == 0.5  # lists are taken as given
+
+
+def test_character_errors_grade_what_the_word_errors_cannot():
+    assert char_edits(["the", "cat"], ["the", "cat"]) == (0, 7)
+    assert char_edits(["the", "cat"], ["the", "hat"]) == (1, 7)  # one word wrong = one letter wrong
+    assert char_edits(["practiced"], ["practice"]) == (1, 9)  # 100% WER, 11% CER
+    assert char_edits(["ab"], []) == (2, 2) and char_edits([], ["ab"]) == (2, 0)
 
 
 def test_normalisation_for_wer():
@@ -150,11 +158,13 @@ def test_eval_tts_end_to_end_with_tiny_models(tmp_path, capsys):
     assert len(tts_rows) == 2
     for row in tts_rows:
         assert row["words"] > 0 and row["wer"] >= 0 and row["rtf"] > 0 and row["seconds"] > 0
+        assert row["chars"] > row["words"] and row["cer"] == row["char_errors"] / row["chars"]
         assert row["failure"] in (None, "max_length", "empty", "silence")
         assert row["similarity"] is None or -1.0 <= row["similarity"] <= 1.0
     assert (out / "audio" / "kathleen" / "000.flac").is_file()
     summaries = {r["system"]: r for r in rows if r["type"] == "summary"}
     assert summaries["tts"]["utterances"] == 2 and "rtf" in summaries["tts"] and "failed" in summaries["tts"]
+    assert summaries["tts"]["cer"] == sum(r["char_errors"] for r in tts_rows) / sum(r["chars"] for r in tts_rows)
     if manifest.is_file():
         assert summaries["real"]["utterances"] == 1 and summaries["roundtrip"]["utterances"] == 1
         assert summaries["nar_fill"]["utterances"] == 1

@@ -10,7 +10,9 @@ and scored:
   (:func:`normalize_words`: the front-end's :func:`tokenlm.text.normalize_text` spells out
   numbers and abbreviations, then lower case, hyphens to spaces, punctuation removed) and the
   word error rate is (substitutions + deletions + insertions) / reference words, summed over
-  the utterances (corpus WER; the per-utterance mean is in the JSON);
+  the utterances (corpus WER; the per-utterance mean is in the JSON); the **CER** is the same
+  over the characters of the normalised words (joined by single spaces): it still moves where
+  the WER is near 100%, when the recogniser hears some of the sounds but not the words;
 - **similarity**: cosine between Resemblyzer speaker embeddings (``VoiceEncoder`` on the CPU,
   its own shipped weights) of the output and of the voice prompt;
 - **failures**: chunks that hit the AR's maximum length, came out (nearly) empty or mostly
@@ -115,6 +117,13 @@ def edit_ops(reference: list[str], hypothesis: list[str]) -> tuple[int, int, int
         previous = current
     _, subs, dels, ins = previous[m]
     return subs, dels, ins
+
+
+def char_edits(reference: list[str], hypothesis: list[str]) -> tuple[int, int]:
+    """``(edits, reference characters)`` between normalised word lists, as characters of the words
+    joined by single spaces (the numerator and denominator of the CER)."""
+    ref, hyp = " ".join(reference), " ".join(hypothesis)
+    return sum(edit_ops(list(ref), list(hyp))), len(ref)
 
 
 def wer(reference: str | list[str], hypothesis: str | list[str]) -> float:
@@ -408,8 +417,10 @@ class Scorer:
         self.count += 1
         ref, hyp = normalize_words(text), normalize_words(hypothesis)
         subs, dels, ins = edit_ops(ref, hyp)
+        char_errors, chars = char_edits(ref, hyp)
         return {"text": text, "hypothesis": hypothesis, "words": len(ref), "substitutions": subs, "deletions": dels,
                 "insertions": ins, "wer": (subs + dels + ins) / max(1, len(ref)),
+                "chars": chars, "char_errors": char_errors, "cer": char_errors / max(1, chars),
                 "similarity": cosine(embedding, prompt_embedding), "seconds": len(audio) / EVAL_RATE}
 
 
@@ -419,6 +430,7 @@ def summarise(rows: list[dict]) -> dict:
     sims = [r["similarity"] for r in rows if r["similarity"] is not None and math.isfinite(r["similarity"])]
     summary = {"type": "summary", "voice": rows[0]["voice"], "system": rows[0]["system"], "utterances": len(rows),
                "words": words, "wer": errors / max(1, words), "mean_utterance_wer": float(np.mean([r["wer"] for r in rows])),
+               "cer": sum(r.get("char_errors", 0) for r in rows) / max(1, sum(r.get("chars", 0) for r in rows)),
                "similarity": float(np.mean(sims)) if sims else math.nan, "similarity_n": len(sims),
                "seconds": sum(r["seconds"] for r in rows)}
     if rows[0]["system"] == "tts":
@@ -461,13 +473,14 @@ def results_markdown(summaries: list[dict], targets: list[dict], header: list[st
                      described: list[tuple[str, str]] = ()) -> str:
     """The tables; ``described``: ``(voice, what its rows are)`` for the "Rows" section."""
     lines = ["# TTS evaluation", ""] + [f"- {line}" for line in header] + [""]
-    lines += ["| voice | system | utterances | WER % | mean utt. WER % | similarity to prompt | failed (1st try) | RTF "
-              + "| audio s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| voice | system | utterances | WER % | mean utt. WER % | CER % | similarity to prompt | failed (1st try) "
+              + "| RTF | audio s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         failed = f"{s['failed']} ({s['failed_first_attempt']})" if "failed" in s else "-"
         rtf = _fmt(s.get("rtf"), 3) if "rtf" in s else "-"
         lines.append(f"| {s['voice']} | {s['label']} | {s['utterances']} | {_fmt(s['wer'], 1, True)} | "
-                     f"{_fmt(s['mean_utterance_wer'], 1, True)} | {_fmt(s['similarity'], 3)} | {failed} | {rtf} | "
+                     f"{_fmt(s['mean_utterance_wer'], 1, True)} | {_fmt(s['cer'], 1, True)} | "
+                     f"{_fmt(s['similarity'], 3)} | {failed} | {rtf} | "
                      f"{s['seconds']:.1f} |")
     if targets:
         lines += ["", "## Targets (reported, not asserted)", "", "| voice | target | value | goal | met |",
@@ -483,6 +496,7 @@ def results_markdown(summaries: list[dict], targets: list[dict], header: list[st
     lines += ["", "## Definitions", "",
               "WER: pocketsphinx 5 (US English model) on 16 kHz int16 audio; words normalised (front-end number and",
               "abbreviation expansion, lower case, punctuation removed); corpus WER = all edits / all reference words.",
+              "CER: the same over the characters of the normalised words joined by single spaces.",
               "Similarity: cosine of Resemblyzer embeddings, output vs the voice prompt (real: a real recording of the",
               "speaker vs the prompt). Failed: a chunk hit the AR length limit, had < 0.3 s (or < 25 ms per phoneme) of",
               "sound, or sound in < 30% of its frames, after the synthesizer's retries (first attempt in brackets).",
