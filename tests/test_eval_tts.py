@@ -15,8 +15,8 @@ from codec.cli import main as cli_main
 from tts.errors import TTSError
 from tts.evaluate import (
     SENTENCES_FILE,
-    cosine,
     char_edits,
+    cosine,
     edit_ops,
     normalize_words,
     parse_layer_rows,

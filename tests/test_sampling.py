@@ -77,3 +77,37 @@ def test_sampling_config_validation():
         with pytest.raises(LMError):
             SamplingConfig(**bad)
     assert SamplingConfig(temperature=0).greedy
+
+
+def test_model_sampling_starts_from_the_weights_recommendation():
+    from tokenlm.sampling import model_sampling
+
+    info = {"sampling": {"temperature": 0.5, "top_k": 10, "text_guidance": 3.0}}
+    recommended = model_sampling(info)
+    assert (recommended.temperature, recommended.top_k, recommended.text_guidance) == (0.5, 10, 3.0)
+    assert recommended.top_p == SamplingConfig().top_p  # the rest: defaults
+    mine = model_sampling(info, {"temperature": 0.9})
+    assert (mine.temperature, mine.top_k) == (0.9, 10)
+    assert model_sampling(None) == SamplingConfig() == model_sampling({"lm": {}})
+    for bad in ({"temprature": 1.0}, {"top_k": "10"}, {"top_k": True}, {"temperature": -1.0}):
+        with pytest.raises(LMError):
+            model_sampling({"sampling": bad})
+    assert SamplingConfig.from_dict(SamplingConfig().to_dict()) == SamplingConfig()
+
+
+def test_a_saved_ar_may_carry_its_sampling_and_bad_entries_are_refused(tmp_path):
+    import json
+
+    from lm_helpers import tiny_config
+
+    from tokenlm.ar import ARModel
+    from tokenlm.pretrained import load_lm, read_lm_info, save_lm
+    from tokenlm.text import default_vocab
+
+    folder = save_lm(ARModel(tiny_config(n_phonemes=len(default_vocab()))), tmp_path / "ar", default_vocab())
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"sampling": {"temperature": 0.5}}))
+    assert load_lm(folder)[0].info["sampling"] == {"temperature": 0.5}
+    (folder / "config.json").write_text(json.dumps(config | {"sampling": {"temperature": "hot"}}))
+    with pytest.raises(LMError, match="config.json: sampling key 'temperature'"):
+        read_lm_info(folder)

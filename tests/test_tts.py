@@ -387,6 +387,25 @@ def test_shipped_weights_speak_speech_length_audio_that_is_not_silence():
     assert rms > -45.0
 
 
+def test_sampling_comes_from_the_ar_weights_with_overrides_on_top():
+    import codec as codec_package
+    from tokenlm.sampling import SamplingConfig
+    from tts.synthesizer import SynthesisConfig, Synthesizer, tiny_models
+
+    ar, nar, vocab = tiny_models()
+    ar.info = {"sampling": {"temperature": 0.5, "text_guidance": 3.0}}
+    codec = codec_package.load("tiny-16k")
+    assert Synthesizer(ar, nar, codec, vocab).sampling.text_guidance == 3.0
+    tuned = Synthesizer(ar, nar, codec, vocab, SynthesisConfig(sampling={"temperature": 0.8}))
+    assert (tuned.sampling.temperature, tuned.sampling.text_guidance) == (0.8, 3.0)
+    exact = SamplingConfig(temperature=1.0)
+    assert Synthesizer(ar, nar, codec, vocab, SynthesisConfig(sampling=exact)).sampling is exact
+    with pytest.raises(TTSError, match="temperature"):
+        Synthesizer(ar, nar, codec, vocab, SynthesisConfig(sampling={"temperature": -1.0}))
+    with pytest.raises(TTSError, match="sampling must be"):
+        SynthesisConfig(sampling="hot")
+
+
 def test_length_guards_follow_the_prompt_pace():
     from tokenlm.sampling import SamplingConfig
     from tts.synthesizer import TYPICAL_FRAMES_PER_PHONEME, Prompt, SynthesisConfig, tiny_synthesizer
@@ -413,6 +432,6 @@ def test_length_guards_follow_the_prompt_pace():
     both = strict.paced_sampling(prompt(200, 50))
     assert both.min_frames_per_phoneme == 9.0 and both.max_frames_per_phoneme == 9.0
     off = tiny_synthesizer(config=SynthesisConfig(pace=None))
-    assert off.paced_sampling(prompt(200, 50)) == off.config.sampling
+    assert off.paced_sampling(prompt(200, 50)) == off.sampling
     with pytest.raises(TTSError, match="pace"):
         SynthesisConfig(pace=(2.0, 1.0))

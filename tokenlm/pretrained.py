@@ -4,7 +4,10 @@ A saved LM is a folder with ``model.safetensors`` (float16 weights) and ``config
 
     {"format": "tokenwave-lm", "kind": "ar" | "nar", "lm": {LMConfig fields},
      "vocab": {phoneme vocabulary}, "codec": {codec info, may be empty},
-     "weights_sha256": "...", "extra": {anything JSON}}
+     "weights_sha256": "...", "extra": {anything JSON}[, "sampling": {SamplingConfig fields}]}
+
+``sampling`` (optional, AR): the decoding the weights were evaluated with, which ``tokenwave
+speak``, ``tts.load()`` and ``eval-tts`` start from (:func:`tokenlm.sampling.model_sampling`).
 
 The hash is checked on load, so a tampered or truncated weights file is refused with an
 :class:`LMError`; nothing is unpickled. Weights are loaded back as float32.
@@ -80,6 +83,13 @@ def read_lm_info(folder: str | Path) -> dict:
     if not isinstance(info.get("weights_sha256"), str):
         raise LMError(f"{path}: missing weights_sha256")
     LMConfig.from_dict(info["lm"])  # validates
+    if "sampling" in info:
+        from tokenlm.sampling import SamplingConfig
+
+        try:
+            SamplingConfig.from_dict(info["sampling"])
+        except LMError as error:
+            raise LMError(f"{path}: {error}") from None
     return info
 
 

@@ -72,6 +72,26 @@ class SamplingConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> SamplingConfig:
+        """From JSON (e.g. an AR's ``config.json`` ``"sampling"``), unknown keys refused."""
+        if not isinstance(data, dict):
+            raise LMError("a sampling config must be a JSON object")
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise LMError(f"unknown sampling keys: {', '.join(unknown)}")
+        for key, value in data.items():
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) or (key == "max_frames" and value is None)):
+                raise LMError(f"sampling key {key!r} must be a number, got {value!r}")
+        return cls(**data)
+
+
+def model_sampling(info: dict | None, overrides: dict | None = None) -> SamplingConfig:
+    """The sampling an AR's weights recommend (``config.json`` key ``"sampling"``: the decoding
+    its model card was measured with; absent: the defaults), with ``overrides`` on top."""
+    recommended = (info or {}).get("sampling") or {}
+    return SamplingConfig.from_dict(dict(recommended) | dict(overrides or {}))
+
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Set logits ``[B, V]`` outside the top-k / nucleus top-p to -inf (the best token always stays)."""

@@ -552,13 +552,12 @@ def add_arguments(parser) -> None:
 
 
 def _synthesizer(args):
-    from tokenlm.sampling import SamplingConfig
     from tts.synthesizer import SynthesisConfig, load
 
     overrides = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k), ("top_p", args.top_p),
                                    ("text_guidance", args.text_guidance),
                                    ("max_frames_per_phoneme", args.max_frames_per_phoneme)) if v is not None}
-    config = SynthesisConfig(sampling=SamplingConfig(**overrides), retries=args.retries)
+    config = SynthesisConfig(sampling=overrides, retries=args.retries)
     device = args.device
     if device == "auto":
         from codec.distributed import resolve_device
@@ -734,7 +733,11 @@ def main(args) -> int:
               + ", ".join(f"{e.name} ({e.prompt_seconds:.1f} s prompt)" for e in entries))
     scorers = (f"scorers: pocketsphinx {speed['asr_seconds_per_utterance']:.2f} s per utterance (RTF "
                f"{speed['asr_rtf']:.2f}), Resemblyzer {speed['embed_seconds_per_utterance']:.3f} s per utterance")
-    header = [models, inputs, scorers]
+    used = synth.sampling
+    sampling = (f"AR sampling: temperature {used.temperature:g}, top-k {used.top_k}, top-p {used.top_p:g}, "
+                f"text guidance {used.text_guidance:g}, repetition-aware (window {used.repetition_window}, "
+                f"threshold {used.repetition_threshold})")
+    header = [models, sampling, inputs, scorers]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.jsonl", "".join(json.dumps({k: json_safe(v) for k, v in row.items()}) + "\n"
                                                for row in rows + summaries + targets + [speed]))

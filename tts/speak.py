@@ -85,12 +85,11 @@ def read_text(args, stdin=None) -> str:
 
 
 def build_synthesizer(args):
-    from tokenlm.sampling import SamplingConfig
     from tts.synthesizer import SynthesisConfig, load
 
     overrides = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k),
                                    ("top_p", args.top_p), ("text_guidance", args.text_guidance)) if v is not None}
-    config = SynthesisConfig(sampling=SamplingConfig(**overrides), batch_size=args.batch_size, retries=args.retries,
+    config = SynthesisConfig(sampling=overrides, batch_size=args.batch_size, retries=args.retries,
                              no_transcript=args.no_transcript,
                              **({"max_words": args.max_words} if args.max_words else {}))
     device = args.device

@@ -67,6 +67,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from tokenlm.errors import LMError
+from tokenlm.sampling import SamplingConfig, model_sampling
 from tts.errors import TTSError
 from tts.sentences import MAX_WORDS, PAUSES, Chunk, split_long, split_text
 
@@ -88,7 +90,9 @@ PROMPT_RATE_RANGE = (2.5, 8.0)  # frames per phoneme a prompt's pace is clamped 
 class SynthesisConfig:
     """Options of :class:`Synthesizer` (see the module docstring)."""
 
-    sampling: object = None  # tokenlm.sampling.SamplingConfig; None = its defaults
+    # tokenlm.sampling.SamplingConfig (used as is), or a dict of overrides of the AR's recommended
+    # sampling (its config.json "sampling"; tokenlm.sampling.model_sampling), or None: that alone
+    sampling: object = None
     max_words: int = MAX_WORDS
     batch_size: int = 8
     retries: int = 2
@@ -102,10 +106,8 @@ class SynthesisConfig:
     pace: tuple[float, float] | None = (0.7, 1.8)  # length guards x the prompt's frames/phoneme; None: off
 
     def __post_init__(self):
-        if self.sampling is None:
-            from tokenlm.sampling import SamplingConfig
-
-            self.sampling = SamplingConfig()
+        if self.sampling is not None and not isinstance(self.sampling, (dict, SamplingConfig)):
+            raise TTSError("sampling must be a SamplingConfig, a dict of overrides or None")
         if self.no_transcript not in NO_TRANSCRIPT_MODES:
             raise TTSError(f"no_transcript must be one of {', '.join(NO_TRANSCRIPT_MODES)}, got {self.no_transcript!r}")
         if min(self.batch_size, self.max_words, self.first_chunk_words, self.min_words) < 1 or self.retries < 0:
@@ -257,6 +259,12 @@ class Synthesizer:
     def __init__(self, ar, nar, codec, vocab, config: SynthesisConfig | None = None):
         self.ar, self.nar, self.codec, self.vocab = ar, nar, codec, vocab
         self.config = config or SynthesisConfig()
+        self.sampling = self.config.sampling
+        if not isinstance(self.sampling, SamplingConfig):
+            try:
+                self.sampling = model_sampling(getattr(ar, "info", None), self.sampling)
+            except LMError as error:
+                raise TTSError(str(error)) from None
         self.sample_rate = codec.sample_rate
         self.hop = round(codec.sample_rate / codec.frame_rate)
         self.n_codebooks = nar.config.n_codebooks
@@ -375,7 +383,7 @@ class Synthesizer:
         """The sampling config with its length guards set from the prompt's pace (module docstring)."""
         import dataclasses
 
-        sampling = self.config.sampling
+        sampling = self.sampling
         if self.config.pace is None:
             return sampling
         rate = TYPICAL_FRAMES_PER_PHONEME
