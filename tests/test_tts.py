@@ -435,3 +435,29 @@ def test_length_guards_follow_the_prompt_pace():
     assert off.paced_sampling(prompt(200, 50)) == off.sampling
     with pytest.raises(TTSError, match="pace"):
         SynthesisConfig(pace=(2.0, 1.0))
+
+
+def test_a_paced_ar_takes_the_prompt_pace_with_its_long_pauses_capped():
+    from lm_helpers import tiny_config
+
+    from tokenlm.ar import ARModel
+    from tts.synthesizer import PAUSE_ALLOWANCE, Prompt, Synthesizer, tiny_models
+
+    import codec as codec_package
+
+    _, nar, vocab = tiny_models()
+    ar = ARModel(tiny_config(n_phonemes=len(vocab), codebook_size=1024, n_codebooks=4, text_pace=4.0,
+                                max_frames=600, max_phonemes=256)).eval()
+    synth = Synthesizer(ar, nar, codec_package.load("tiny-16k"), vocab)
+
+    def prompt(sound_frames, pause_frames, phonemes):
+        sound = np.random.default_rng(0).standard_normal(sound_frames * 320).astype(np.float32) * 0.1
+        wav = np.concatenate([sound[: len(sound) // 2], np.zeros(pause_frames * 320, np.float32), sound[len(sound) // 2 :]])
+        return Prompt("p", wav, torch.zeros(4, sound_frames + pause_frames, dtype=torch.long), "x", "given",
+                      torch.ones(phonemes, dtype=torch.long))
+
+    assert synth.text_pace(prompt(200, 0, 50)) == pytest.approx(4.0)  # no pause: frames / phonemes
+    assert synth.text_pace(prompt(200, 20, 50)) == pytest.approx(220 / 50)  # a short pause counts
+    assert synth.text_pace(prompt(200, 150, 50)) == pytest.approx(PAUSE_ALLOWANCE * 200 / 50)  # a long one is capped
+    audio = synth.synthesize("Hello there.", prompt=(prompt(150, 100, 20).wav, 16000), prompt_text="one two three")
+    assert audio[0].size > 0

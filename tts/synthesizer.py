@@ -84,6 +84,7 @@ PROMPT_LEVEL = (-40.0, -12.0)  # dBFS RMS over sound frames; outside, the prompt
 NO_TRANSCRIPT_MODES = ("auto", "asr", "acoustic")
 TYPICAL_FRAMES_PER_PHONEME = 3.7  # median over the training speech (Kathleen 3.8, LJSpeech 3.9, synthetic 3.5)
 PROMPT_RATE_RANGE = (2.5, 8.0)  # frames per phoneme a prompt's pace is clamped to
+PAUSE_ALLOWANCE = 1.2  # a paced AR's prompt pace counts at most this x the prompt's sounding frames
 
 
 @dataclass
@@ -396,6 +397,16 @@ class Synthesizer:
         high = max(min(sampling.max_frames_per_phoneme, self.config.pace[1] * rate), low)
         return dataclasses.replace(sampling, min_frames_per_phoneme=low, max_frames_per_phoneme=high)
 
+    def text_pace(self, prompt: Prompt) -> float:
+        """Frames per phoneme for a paced AR's text positions: the prompt's frames over its
+        phonemes, pauses included as in training, but at most ``PAUSE_ALLOWANCE`` x its sounding
+        frames, so that a prompt of words joined by long gaps does not stretch the text to speak."""
+        from tokenlm.generate import prompt_pace
+
+        frames = prompt.codes.shape[1]
+        speaking = int(sound_frames(prompt.wav, self.sample_rate).sum()) or frames
+        return prompt_pace(self.ar.config, len(prompt.phonemes), min(frames, PAUSE_ALLOWANCE * speaking))
+
     def _generate(self, prompt: Prompt, targets: list[torch.Tensor], seed: int) -> list[tuple[torch.Tensor, bool]]:
         """Layer-1..K codes ``[K, T]`` and "hit the length limit" for each row of ``targets``."""
         from tokenlm.generate import generate_ar, length_limits, nar_fill
@@ -410,8 +421,9 @@ class Synthesizer:
             raise TTSError(f"the prompt ({prompt.seconds:.1f} s) leaves no room for speech in the models' "
                            f"{limit} frames")
         phonemes = [torch.cat([prefix, t]) for t in targets]
+        pace = [self.text_pace(prompt)] * len(targets) if text_prompt and getattr(self.ar, "paced", False) else None
         first = generate_ar(self.ar, phonemes, [ar_prompt] * len(targets), sampling, seed=seed, max_frames=hard_cap,
-                            target_phonemes=[len(t) for t in targets])
+                            target_phonemes=[len(t) for t in targets], pace=pace)
         maxima = [length_limits(len(t), sampling, hard_cap)[1] for t in targets]
         codes = nar_fill(self.nar, phonemes, [prompt.codes] * len(targets), first, self.n_codebooks)
         return [(c, f.numel() >= m) for c, f, m in zip(codes, first, maxima)]
