@@ -50,7 +50,7 @@ def test_discriminator_learns_to_tell_a_tone_from_noise():
     real = 0.3 * torch.sin(2 * torch.pi * torch.tensor([[220.0], [330.0], [440.0], [550.0]]) * t)[:, None]
     fake = 0.1 * torch.randn(4, 1, 4000)
     losses = []
-    for _ in range(25):
+    for _ in range(60):  # the loss stays near 2 for ~15 steps and oscillates before it drops; how long varies by CPU
         logits, _ = discriminator(torch.cat([real, fake]))
         loss = discriminator_loss([x[:4] for x in logits], [x[4:] for x in logits])
         optimizer.zero_grad()
@@ -58,7 +58,7 @@ def test_discriminator_learns_to_tell_a_tone_from_noise():
         optimizer.step()
         losses.append(loss.item())
     assert losses[0] == pytest.approx(2.0, abs=1e-3)  # logits start near 0
-    assert sum(losses[-5:]) / 5 < 0.6 * losses[0]
+    assert sum(losses[-10:]) / 10 < 0.3 * losses[0]
     with torch.no_grad():
         real_logits, _ = discriminator(real)
         fake_logits, _ = discriminator(fake)
