@@ -380,6 +380,12 @@ class Synthesizer:
 
         return torch.tensor(text_to_ids(text, self.vocab), dtype=torch.long)
 
+    def speaking_frames(self, prompt: Prompt) -> int:
+        """The prompt's sounding frames (all its frames when none sound): its pace without its
+        pauses, which (for example single words joined with gaps) say nothing about how fast its
+        speaker talks."""
+        return int(sound_frames(prompt.wav, self.sample_rate).sum()) or prompt.codes.shape[1]
+
     def paced_sampling(self, prompt: Prompt):
         """The sampling config with its length guards set from the prompt's pace (module docstring)."""
         import dataclasses
@@ -389,10 +395,7 @@ class Synthesizer:
             return sampling
         rate = TYPICAL_FRAMES_PER_PHONEME
         if prompt.transcript_source != "none" and len(prompt.phonemes) and prompt.codes.shape[1]:
-            # Sounding frames only: the pauses of a prompt (for example single words joined with
-            # gaps) say nothing about how fast its speaker talks.
-            speaking = int(sound_frames(prompt.wav, self.sample_rate).sum()) or prompt.codes.shape[1]
-            rate = min(max(speaking / len(prompt.phonemes), PROMPT_RATE_RANGE[0]), PROMPT_RATE_RANGE[1])
+            rate = min(max(self.speaking_frames(prompt) / len(prompt.phonemes), PROMPT_RATE_RANGE[0]), PROMPT_RATE_RANGE[1])
         low = max(sampling.min_frames_per_phoneme, self.config.pace[0] * rate)
         high = max(min(sampling.max_frames_per_phoneme, self.config.pace[1] * rate), low)
         return dataclasses.replace(sampling, min_frames_per_phoneme=low, max_frames_per_phoneme=high)
@@ -403,9 +406,8 @@ class Synthesizer:
         frames, so that a prompt of words joined by long gaps does not stretch the text to speak."""
         from tokenlm.generate import prompt_pace
 
-        frames = prompt.codes.shape[1]
-        speaking = int(sound_frames(prompt.wav, self.sample_rate).sum()) or frames
-        return prompt_pace(self.ar.config, len(prompt.phonemes), min(frames, PAUSE_ALLOWANCE * speaking))
+        frames = min(prompt.codes.shape[1], PAUSE_ALLOWANCE * self.speaking_frames(prompt))
+        return prompt_pace(self.ar.config, len(prompt.phonemes), frames)
 
     def _generate(self, prompt: Prompt, targets: list[torch.Tensor], seed: int) -> list[tuple[torch.Tensor, bool]]:
         """Layer-1..K codes ``[K, T]`` and "hit the length limit" for each row of ``targets``."""
@@ -421,7 +423,7 @@ class Synthesizer:
             raise TTSError(f"the prompt ({prompt.seconds:.1f} s) leaves no room for speech in the models' "
                            f"{limit} frames")
         phonemes = [torch.cat([prefix, t]) for t in targets]
-        pace = [self.text_pace(prompt)] * len(targets) if text_prompt and getattr(self.ar, "paced", False) else None
+        pace = [self.text_pace(prompt)] * len(targets) if text_prompt and self.ar.paced else None
         first = generate_ar(self.ar, phonemes, [ar_prompt] * len(targets), sampling, seed=seed, max_frames=hard_cap,
                             target_phonemes=[len(t) for t in targets], pace=pace)
         maxima = [length_limits(len(t), sampling, hard_cap)[1] for t in targets]
