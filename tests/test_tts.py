@@ -440,10 +440,9 @@ def test_length_guards_follow_the_prompt_pace():
 def test_a_paced_ar_takes_the_prompt_pace_with_its_long_pauses_capped():
     from lm_helpers import tiny_config
 
+    import codec as codec_package
     from tokenlm.ar import ARModel
     from tts.synthesizer import PAUSE_ALLOWANCE, Prompt, Synthesizer, tiny_models
-
-    import codec as codec_package
 
     _, nar, vocab = tiny_models()
     ar = ARModel(tiny_config(n_phonemes=len(vocab), codebook_size=1024, n_codebooks=4, text_pace=4.0,

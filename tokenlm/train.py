@@ -99,6 +99,7 @@ class TrainLMConfig:
     threads: int | None = None
     resume: bool = False
     init: str | None = None  # start a new run from these exported LM weights (e.g. on a refitted codec's tokens)
+    remap_codes: bool = False  # with init: re-index its code rows to a refitted codec (tokenlm/remap.py)
     paced_text: bool = False  # AR, new runs: paced phoneme positions (LMConfig.text_pace from the training data)
     device: str = "auto"  # auto (CUDA when available), cpu or cuda
     precision: str = "auto"  # auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16
@@ -284,9 +285,19 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
         lm_config = initial.config
         if main:
             tqdm.write(f"new run from the weights in {config.init} (model options taken from them)")
+        if config.remap_codes:
+            remapped = remap_init_codes(initial, config.init, codec_info)
+            if main:
+                tqdm.write(f"code rows remapped from {remapped['from']} to {remapped['to']}; codes kept per level: "
+                           f"{remapped['codes_mapped_to_themselves']}")
     else:
         lm_config = LMConfig(**({"n_phonemes": max(len(vocab), 2), "codebook_size": int(codec_info["codebook_size"]),
                                  "n_codebooks": K} | config.model))
+    if config.remap_codes and (checkpoint is not None or not config.init):
+        if checkpoint is None:
+            raise LMError("--remap-codes needs --init (the LM whose code rows are re-indexed)")
+        if main:
+            tqdm.write(f"note: resuming the run in {out_dir}; --remap-codes is not used", file=sys.stderr)
     if checkpoint is None and config.paced_text:
         if config.stage != "ar":
             raise LMError("--paced-text is an AR option")
@@ -423,6 +434,40 @@ def initial_weights(folder: str, stage: str, vocab, codebook_size: int, n_codebo
     return model.float().train()
 
 
+def remap_init_codes(model: torch.nn.Module, folder: str, codec_info: dict) -> dict:
+    """Re-index the code rows of the ``--init`` LM in ``folder`` (trained on the codec its config
+    names) to the shards' codec, which must be a refit of it: same encoder, same codebook shape
+    (:mod:`tokenlm.remap`). Both codecs are loaded by name and checked against the recorded codes
+    fingerprints. Returns the remap summary."""
+    from codec import load as load_codec
+    from tokenlm.pretrained import read_lm_info
+    from tokenlm.remap import remap_from_codec
+
+    old_info = read_lm_info(folder).get("codec") or {}
+    codecs = []
+    for role, info in (("--init LM's", old_info), ("shards'", codec_info)):
+        name = info.get("name")
+        if not name:
+            raise LMError(f"--remap-codes: the {role} codec has no name to load it by")
+        try:
+            loaded = load_codec(name)
+        except Exception as error:  # any load failure is the same user error here
+            raise LMError(f"--remap-codes: cannot load the {role} codec {name!r}: {error}") from error
+        if getattr(loaded, "codes_fingerprint", None) != info.get("fingerprint"):
+            raise LMError(f"--remap-codes: the codec {name!r} found here is not the {role} one "
+                          f"(codes fingerprint {getattr(loaded, 'codes_fingerprint', None)}, expected {info.get('fingerprint')})")
+        codecs.append(loaded)
+    old, new = codecs
+    if old.codes_fingerprint == new.codes_fingerprint:
+        raise LMError("--remap-codes: the --init LM was trained on the shards' codes already; nothing to remap")
+    old_encoder, new_encoder = old.encoder.state_dict(), new.encoder.state_dict()
+    if old_encoder.keys() != new_encoder.keys() or any(
+            not torch.equal(old_encoder[k].float(), new_encoder[k].float()) for k in old_encoder):
+        raise LMError(f"--remap-codes: {new.name} has another encoder than {old.name}; remapping is only meaningful "
+                      "after a refit of the codebooks (tokenwave refit-codes)")
+    return remap_from_codec(model, old, new)
+
+
 def export(model: torch.nn.Module, folder: Path, vocab, codec_info: dict, config: TrainLMConfig, step: int,
            best: dict | None = None) -> Path:
     """Float16 weights + config (vocab, codec info, training summary) for inference."""
@@ -432,6 +477,8 @@ def export(model: torch.nn.Module, folder: Path, vocab, codec_info: dict, config
                 "text_free_prob": config.text_free_prob, "shards": list(config.shards)}
     if config.init:
         training["init"] = str(config.init)
+        if config.remap_codes:
+            training["remap_codes"] = True
     if best is not None:
         training["best"] = best
     return save_lm(model, folder, vocab, extra={"training": training}, codec=dict(codec_info))
@@ -562,6 +609,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", default=None, metavar="LM",
                         help="start a new run from this exported AR/NAR folder (its model options, fresh optimizer "
                              "and schedule); its codec may differ from the shards' (fine-tuning after a codec change)")
+    parser.add_argument("--remap-codes", action="store_true",
+                        help="with --init from an LM of a codec whose codebooks were since refitted (refit-codes): "
+                             "each new code starts from the rows of the old code with the nearest vector "
+                             "(tokenlm/remap.py)")
     parser.add_argument("--paced-text", action="store_true",
                         help="AR, new runs (also with --init): phoneme j at RoPE position j x (frames per phoneme), "
                              "audio frame t at t, so that the text/audio diagonal is a relative position "
@@ -585,7 +636,7 @@ def config_from_args(args: argparse.Namespace) -> TrainLMConfig:
         lr=args.lr, warmup_steps=args.warmup, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
         log_every=args.log_every, text_free_prob=args.text_free_prob, guided_attention=args.guided_attention,
         guided_sigma=args.guided_sigma, nar_stage_decay=args.nar_stage_decay, max_seconds=args.max_seconds, seed=args.seed,
-        threads=args.threads, resume=args.resume, init=args.init, paced_text=args.paced_text, device=args.device, precision=args.precision, model=model,
+        threads=args.threads, resume=args.resume, init=args.init, remap_codes=args.remap_codes, paced_text=args.paced_text, device=args.device, precision=args.precision, model=model,
     )
 
 

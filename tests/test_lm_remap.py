@@ -1,0 +1,101 @@
+"""Re-indexing token-LM code rows for a refitted codec (tokenlm/remap.py)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from lm_helpers import NPH, K, V, lively, tiny_config
+
+from tokenlm.ar import ARModel
+from tokenlm.errors import LMError
+from tokenlm.nar import NARModel
+from tokenlm.remap import codebook_mapping, remap_lm_codes
+
+
+def permuted_codebooks(seed=0, D=8):
+    """``old [K, V, D]``, ``new`` = ``old`` with each level's codes shuffled, and ``perm [K, V]``
+    with ``new[k, c] == old[k, perm[k, c]]``."""
+    g = torch.Generator().manual_seed(seed)
+    old = torch.randn(K, V, D, generator=g)
+    perm = torch.stack([torch.randperm(V, generator=g) for _ in range(K)])
+    new = torch.stack([old[k, perm[k]] for k in range(K)])
+    return old, new, perm
+
+
+def test_mapping_finds_the_nearest_old_code():
+    old, new, perm = permuted_codebooks()
+    assert torch.equal(codebook_mapping(old, new), perm)
+    # a new vector between codes maps to the nearer one; kept codes map to themselves
+    moved = old.clone()
+    moved[0, 3] = 0.9 * old[0, 5] + 0.1 * old[0, 3]
+    mapping = codebook_mapping(old, moved)
+    assert int(mapping[0, 3]) == 5
+    assert torch.equal(mapping[1:], torch.arange(V).expand(K - 1, V))
+    with pytest.raises(LMError, match="not a refit"):
+        codebook_mapping(old, old[:, :-1])
+
+
+def test_remapped_ar_reads_new_codes_as_the_old_model_read_old_ones():
+    torch.manual_seed(0)
+    old_model = lively(ARModel(tiny_config()))
+    _, _, perm = permuted_codebooks(1)
+    new_model = remap_lm_codes(copy.deepcopy(old_model), perm)
+    inverse = torch.argsort(perm[0])  # old code o is new code inverse[o]
+    g = torch.Generator().manual_seed(2)
+    phonemes, old_codes = torch.randint(2, NPH, (2, 6), generator=g), torch.randint(0, V, (2, 10), generator=g)
+    lengths = (torch.tensor([6, 4]), torch.tensor([10, 7]))
+    old_logits = old_model(phonemes, lengths[0], old_codes, lengths[1])
+    new_logits = new_model(phonemes, lengths[0], inverse[old_codes], lengths[1])
+    # the same distribution, over the new indices; eos (the last class) unchanged
+    torch.testing.assert_close(new_logits[..., :V], old_logits[..., perm[0]])
+    torch.testing.assert_close(new_logits[..., V], old_logits[..., V])
+
+
+def test_remapped_nar_reads_and_predicts_new_codes():
+    torch.manual_seed(0)
+    old_model = lively(NARModel(tiny_config()))
+    _, _, perm = permuted_codebooks(3)
+    new_model = remap_lm_codes(copy.deepcopy(old_model), perm)
+    inverse = torch.argsort(perm, dim=1)
+    g = torch.Generator().manual_seed(4)
+    phonemes = torch.randint(2, NPH, (1, 5), generator=g)
+    prompt, target = torch.randint(0, V, (1, K, 6), generator=g), torch.randint(0, V, (1, K, 8), generator=g)
+
+    def to_new(codes):
+        return torch.stack([inverse[k][codes[:, k]] for k in range(K)], dim=1)
+
+    one = torch.tensor([1])
+    for stage in range(1, K):
+        args = (phonemes, torch.tensor([5]), prompt, torch.tensor([6]), target, torch.tensor([8]), stage * one)
+        old_logits = old_model(*args)
+        new_logits = new_model(*args[:2], to_new(prompt), args[3], to_new(target), *args[5:])
+        torch.testing.assert_close(new_logits, old_logits[..., perm[stage]])
+
+
+def test_remap_rejects_a_mapping_that_does_not_fit():
+    model = ARModel(tiny_config())
+    with pytest.raises(LMError, match="does not fit"):
+        remap_lm_codes(model, torch.zeros(K, V + 1, dtype=torch.long))
+    with pytest.raises(LMError, match="levels"):
+        remap_lm_codes(NARModel(tiny_config()), torch.zeros(K - 1, V, dtype=torch.long))
+
+
+def test_train_lm_remap_checks_the_codecs(tmp_path):
+    from codec import load as load_codec
+    from tokenlm.pretrained import save_lm
+    from tokenlm.text import default_vocab
+    from tokenlm.train import remap_init_codes
+
+    tiny = load_codec("tiny-16k")
+    info = {"name": "tiny-16k", "fingerprint": tiny.codes_fingerprint}
+    model = ARModel(tiny_config())
+    save_lm(model, tmp_path / "ar", default_vocab(), codec=info)
+    with pytest.raises(LMError, match="nothing to remap"):
+        remap_init_codes(model, str(tmp_path / "ar"), info)
+    with pytest.raises(LMError, match="not the shards' one"):
+        remap_init_codes(model, str(tmp_path / "ar"), info | {"fingerprint": "00"})
+    save_lm(model, tmp_path / "nameless", default_vocab(), codec={})
+    with pytest.raises(LMError, match="no name"):
+        remap_init_codes(model, str(tmp_path / "nameless"), info)
