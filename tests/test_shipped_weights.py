@@ -42,7 +42,7 @@ def test_shipped_codec_round_trips_speech():
 
 @pytest.mark.skipif(not (REPO_WEIGHTS / "speech-16k-v1").is_dir(), reason="no shipped speech-16k-v1 weights")
 def test_previous_codec_still_decodes_and_its_tables_compress():
-    """speech-16k-v1 stays for the token LMs and for token files written with it."""
+    """speech-16k-v1 stays for token files written with it."""
     model = codec.load("speech-16k-v1")
     wav, rate = load_audio(SAMPLE, 16_000)
     data = encode_audio(model, wav, rate, 6)
