@@ -10,7 +10,7 @@ AR's ``eos``/``bos`` rows and everything else stay as they were.
 
 This only makes sense between codecs with the same encoder (a refit). For a retrained codec the
 two latent spaces have nothing in common: :func:`codebook_mapping` cannot tell, so
-``train-lm --remap-codes`` asks for the refit record in the new codec's config.
+``train-lm --remap-codes`` checks that the two codecs' encoder weights are identical.
 """
 
 from __future__ import annotations

@@ -280,6 +280,8 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
             tqdm.write("note: the model options are taken from the checkpoint", file=sys.stderr)
         if main and config.init:
             tqdm.write(f"note: resuming the run in {out_dir}; --init {config.init} is not used", file=sys.stderr)
+        if main and config.remap_codes:
+            tqdm.write(f"note: resuming the run in {out_dir}; --remap-codes is not used", file=sys.stderr)
     elif config.init:
         initial = initial_weights(config.init, config.stage, vocab, int(codec_info["codebook_size"]), K)
         lm_config = initial.config
@@ -293,11 +295,8 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
     else:
         lm_config = LMConfig(**({"n_phonemes": max(len(vocab), 2), "codebook_size": int(codec_info["codebook_size"]),
                                  "n_codebooks": K} | config.model))
-    if config.remap_codes and (checkpoint is not None or not config.init):
-        if checkpoint is None:
-            raise LMError("--remap-codes needs --init (the LM whose code rows are re-indexed)")
-        if main:
-            tqdm.write(f"note: resuming the run in {out_dir}; --remap-codes is not used", file=sys.stderr)
+    if config.remap_codes and checkpoint is None and not config.init:
+        raise LMError("--remap-codes needs --init (the LM whose code rows are re-indexed)")
     if checkpoint is None and config.paced_text:
         if config.stage != "ar":
             raise LMError("--paced-text is an AR option")
@@ -453,9 +452,10 @@ def remap_init_codes(model: torch.nn.Module, folder: str, codec_info: dict) -> d
             loaded = load_codec(name)
         except Exception as error:  # any load failure is the same user error here
             raise LMError(f"--remap-codes: cannot load the {role} codec {name!r}: {error}") from error
-        if getattr(loaded, "codes_fingerprint", None) != info.get("fingerprint"):
+        found = getattr(loaded, "codes_fingerprint", None)
+        if found != info.get("fingerprint"):
             raise LMError(f"--remap-codes: the codec {name!r} found here is not the {role} one "
-                          f"(codes fingerprint {getattr(loaded, 'codes_fingerprint', None)}, expected {info.get('fingerprint')})")
+                          f"(codes fingerprint {found}, expected {info.get('fingerprint')})")
         codecs.append(loaded)
     old, new = codecs
     if old.codes_fingerprint == new.codes_fingerprint:
