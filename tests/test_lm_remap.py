@@ -99,3 +99,45 @@ def test_train_lm_remap_checks_the_codecs(tmp_path):
     save_lm(model, tmp_path / "nameless", default_vocab(), codec={})
     with pytest.raises(LMError, match="no name"):
         remap_init_codes(model, str(tmp_path / "nameless"), info)
+
+
+def saved_tiny_codecs(tmp_path):
+    """Folders ``old`` (a tiny random codec), ``refit`` (the same encoder, every level's codebook
+    shuffled by ``perm [K, N]``) and ``other`` (another encoder); returns them and ``perm``."""
+    from codec.config import tiny
+    from codec.model import CodecModel
+    from codec.pretrained import save_pretrained
+
+    torch.manual_seed(0)
+    model = CodecModel(tiny())
+    save_pretrained(model, tmp_path / "old")
+    g = torch.Generator().manual_seed(1)
+    books = model.quantizer.codebooks
+    perm = torch.stack([torch.randperm(book.embed.shape[0], generator=g) for book in books])
+    with torch.no_grad():
+        for book, p in zip(books, perm):
+            book.embed.copy_(book.embed[p].clone())
+    save_pretrained(model, tmp_path / "refit")
+    torch.manual_seed(1)
+    save_pretrained(CodecModel(tiny()), tmp_path / "other")
+    return {name: str(tmp_path / name) for name in ("old", "refit", "other")}, perm
+
+
+def test_train_lm_remap_follows_a_refit_and_refuses_another_encoder(tmp_path):
+    from codec import load as load_codec
+    from tokenlm.pretrained import save_lm
+    from tokenlm.text import default_vocab
+    from tokenlm.train import remap_init_codes
+
+    folders, perm = saved_tiny_codecs(tmp_path)
+    info = {name: {"name": path, "fingerprint": load_codec(path).codes_fingerprint} for name, path in folders.items()}
+    torch.manual_seed(0)
+    model = lively(ARModel(tiny_config(codebook_size=1024)))
+    save_lm(model, tmp_path / "ar", default_vocab(), codec=info["old"])
+    before = model.audio_emb.weight.detach().clone()
+    summary = remap_init_codes(model, str(tmp_path / "ar"), info["refit"])
+    # new code c is the old code perm[0, c]: it takes that code's embedding row
+    assert torch.equal(model.audio_emb.weight[:1024], before[perm[0]])
+    assert summary["codes_mapped_to_themselves"][0] == int((perm[0] == torch.arange(1024)).sum())
+    with pytest.raises(LMError, match="another encoder"):
+        remap_init_codes(model, str(tmp_path / "ar"), info["other"])
