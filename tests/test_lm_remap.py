@@ -104,12 +104,9 @@ def test_train_lm_remap_checks_the_codecs(tmp_path):
 def saved_tiny_codecs(tmp_path):
     """Folders ``old`` (a tiny random codec), ``refit`` (the same encoder, every level's codebook
     shuffled by ``perm [K, N]``) and ``other`` (another encoder); returns them and ``perm``."""
-    from codec.config import tiny
-    from codec.model import CodecModel
-    from codec.pretrained import save_pretrained
+    from codec.pretrained import save_pretrained, tiny_random
 
-    torch.manual_seed(0)
-    model = CodecModel(tiny())
+    model = tiny_random(seed=0)
     save_pretrained(model, tmp_path / "old")
     g = torch.Generator().manual_seed(1)
     books = model.quantizer.codebooks
@@ -118,8 +115,7 @@ def saved_tiny_codecs(tmp_path):
         for book, p in zip(books, perm):
             book.embed.copy_(book.embed[p].clone())
     save_pretrained(model, tmp_path / "refit")
-    torch.manual_seed(1)
-    save_pretrained(CodecModel(tiny()), tmp_path / "other")
+    save_pretrained(tiny_random(seed=1), tmp_path / "other")
     return {name: str(tmp_path / name) for name in ("old", "refit", "other")}, perm
 
 
