@@ -73,18 +73,20 @@ def _run_each(items, action, desc: str) -> int:
 
 def cmd_compress(args) -> int:
     from codec.audio import AUDIO_EXTENSIONS
-    from codec.files import TOKEN_SUFFIX, compress_file, output_path
+    from codec.files import TOKEN_SUFFIX, check_rate_weight, compress_file, output_path
 
     inputs = _inputs(args.inputs, AUDIO_EXTENSIONS)
     model = _load_model(args.model)
     model.bitrate_to_codebooks(args.bitrate)  # a bad bitrate is one fatal error, not one per file
+    check_rate_weight(model, args.rate_weight)  # and so is a bad rate weight
     out = Path(args.output) if args.output else None
     single = len(inputs) == 1 and inputs[0][1] is None
 
     def action(item):
         source, root = item
         target = output_path(source, root, out, TOKEN_SUFFIX, single)
-        size = compress_file(model, source, target, args.bitrate, args.channels == "separate", args.coding, args.force)
+        size = compress_file(model, source, target, args.bitrate, args.channels == "separate", args.coding, args.force,
+                             args.rate_weight)
         return f"{source} -> {target} ({size} bytes)"
 
     return _run_each(inputs, action, "compress")
@@ -133,7 +135,14 @@ def cmd_roundtrip(args) -> int:
 
     from codec.audio import WRITE_FORMATS
     from codec.errors import AudioError
-    from codec.files import READ_FRAMES, _audio_blocks, _open_audio, compress_file, decompress_file
+    from codec.files import (
+        READ_FRAMES,
+        _audio_blocks,
+        _open_audio,
+        check_rate_weight,
+        compress_file,
+        decompress_file,
+    )
 
     source, target = Path(args.input), Path(args.output)
     if target.exists() and not args.force:
@@ -144,7 +153,8 @@ def cmd_roundtrip(args) -> int:
     model = _load_model(args.model)
     model.bitrate_to_codebooks(args.bitrate)
     with tempfile.TemporaryDirectory(prefix="tokenwave-roundtrip-") as folder:
-        size = compress_file(model, source, Path(folder) / "roundtrip.tok", args.bitrate)
+        size = compress_file(model, source, Path(folder) / "roundtrip.tok", args.bitrate,
+                             rate_weight=check_rate_weight(model, args.rate_weight))
         seconds = decompress_file(model, Path(folder) / "roundtrip.tok", target, args.force)
 
     rate = model.sample_rate
@@ -267,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coding", choices=["auto", "context", "range", "packed"], default="auto",
                    help="context: range coding with the model's context tables; range: with its per-level "
                         "tables; packed: plain bit-packing; auto (default): the smallest the model supports")
+    p.add_argument("--rate-weight", type=float, default=0.0, metavar="W",
+                   help="smaller files for a little quality: pick each code by distance + W x the bits it costs "
+                        "to store (rate-distortion optimised; 0: nearest code, the default; 0.02 saves 4-7%% "
+                        "with the shipped codec for under 1%% more log-mel distance; see the README)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.set_defaults(func=cmd_compress)
 
@@ -288,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output")
     p.add_argument("--model")
     p.add_argument("--bitrate", type=float, default=None)
+    p.add_argument("--rate-weight", type=float, default=0.0, metavar="W", help="as for compress")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_roundtrip)
 

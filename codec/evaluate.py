@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from codec.atomic import atomic_write_text
 from codec.audio import load_audio, resample
-from codec.errors import AudioError, TokenwaveError
+from codec.errors import AudioError, ModelError, TokenwaveError
 
 SCORE_RATE = 16_000
 DEFAULT_BITRATES = "1.5,3,6"
@@ -153,6 +153,7 @@ class CodecSystem(System):
     model: object = None
     bitrate: float = 0.0
     coding: str = "auto"  # token-file coding, as tokenwave compress --coding
+    rate_weight: float = 0.0  # as tokenwave compress --rate-weight (codec.rdo)
     codes: list = field(default_factory=list)  # [1, K, T] int64 per file, for codebook_stats
 
     def code(self, clip: Clip, workdir: Path) -> Coded:
@@ -161,7 +162,7 @@ class CodecSystem(System):
         from codec import tokenfile
         from codec.files import coding_tables, decode_bytes, encode_audio
 
-        data = encode_audio(self.model, clip.wav, clip.sample_rate, self.bitrate, self.coding)
+        data = encode_audio(self.model, clip.wav, clip.sample_rate, self.bitrate, self.coding, self.rate_weight)
         decoded, rate = decode_bytes(self.model, data)
         _, codes = tokenfile.unpack(data, coding_tables(self.model))
         self.codes.append(torch.from_numpy(np.ascontiguousarray(codes)))
@@ -433,6 +434,24 @@ def parse_bitrates(text: str) -> list[float]:
     return list(dict.fromkeys(values))
 
 
+def parse_rate_weights(text: str) -> list[float]:
+    """``--rate-weights`` ("0,0.02") -> distinct weights, each finite and >= 0."""
+    from codec.rdo import check_rate_weight
+
+    try:
+        values = [check_rate_weight(part) for part in text.split(",") if part.strip()]
+    except ModelError as error:
+        raise EvalError(f"--rate-weights: {error}") from None
+    if not values:
+        raise EvalError("--rate-weights is empty")
+    return list(dict.fromkeys(values))
+
+
+def system_name(model_name: str, rate_weight: float) -> str:
+    """Our codec's name in the tables: the model's, with the rate weight when it is not 0."""
+    return f"{model_name} w={rate_weight:g}" if rate_weight else model_name
+
+
 def _check_extra() -> None:
     missing = []
     for module in ("pesq", "pystoi", "matplotlib"):
@@ -455,6 +474,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--bitrates", default=DEFAULT_BITRATES, help=f"kbps, comma-separated (default {DEFAULT_BITRATES})")
     parser.add_argument("--coding", choices=["auto", "context", "range", "packed"], default="auto",
                         help="token-file coding of our codec, as in tokenwave compress (default auto: the smallest)")
+    parser.add_argument("--rate-weights", default="0", metavar="W,W,...",
+                        help="rate weights of our codec's encoder, comma-separated, each a system of its own "
+                             "(as tokenwave compress --rate-weight; default 0: nearest codes)")
     parser.add_argument("--baselines", action="store_true",
                         help="also Opus 6/8/12 kbps (opusenc) and Codec2 3200/1600/700C (c2enc), when installed")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -491,8 +513,13 @@ def main_eval(args) -> int:
     from codec.files import available_codings, coding_tables
 
     available_codings(model, args.coding, coding_tables(model))  # a coding the model cannot do fails here
-    systems: list[System] = [CodecSystem(model.name, f"{b:g}", b, model=model, bitrate=b, coding=args.coding)
-                             for b in bitrates]
+    weights = parse_rate_weights(args.rate_weights)
+    from codec.files import check_rate_weight
+
+    for weight in weights:
+        check_rate_weight(model, weight)  # a codec that cannot weigh its codes fails here
+    systems: list[System] = [CodecSystem(system_name(model.name, w), f"{b:g}", b, model=model, bitrate=b,
+                                         coding=args.coding, rate_weight=w) for w in weights for b in bitrates]
     if args.baselines:
         systems += baseline_systems(log)
 
@@ -525,7 +552,8 @@ def main_eval(args) -> int:
     seconds = sum(r["seconds"] for r in rows if r["system"] == systems[0].name and r["bitrate"] == systems[0].label)
     scored = len({r["file"] for r in rows})
     header = [f"model: `{model.name}`; manifest: `{args.manifest}`, split `{args.split}`"
-              + (f", limit {args.limit}" if args.limit else "") + (f"; coding `{args.coding}`" if args.coding != "auto" else ""),
+              + (f", limit {args.limit}" if args.limit else "") + (f"; coding `{args.coding}`" if args.coding != "auto" else "")
+              + ("; `w=W`: codes picked with rate weight W (`tokenwave compress --rate-weight W`)" if any(weights) else ""),
               f"{scored} recording(s) scored, {seconds:.1f} s of audio" + (f"; {len(errors)} failure(s)" if errors else "")]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.jsonl",

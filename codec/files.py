@@ -74,20 +74,35 @@ def available_codings(model: AudioCodec, coding: str, tables) -> list[str]:
     return [coding]
 
 
-def encode_audio(model: AudioCodec, wav: np.ndarray, sample_rate: int, bitrate: float | None, coding: str = "auto") -> bytes:
+def check_rate_weight(model: AudioCodec, rate_weight: float) -> float:
+    """``rate_weight`` checked for ``model`` (:mod:`codec.rdo`): 0 for any codec; above 0 only
+    for tokenwave codecs, which pick codes by their coded size."""
+    from codec.rdo import check_rate_weight as checked
+
+    rate_weight = checked(rate_weight)
+    if rate_weight and not hasattr(model, "rate_quantizer"):
+        raise TokenwaveError(f"{model.name} cannot weigh codes by their size; leave out --rate-weight")
+    return rate_weight
+
+
+def encode_audio(model: AudioCodec, wav: np.ndarray, sample_rate: int, bitrate: float | None, coding: str = "auto",
+                 rate_weight: float = 0.0) -> bytes:
     """``wav`` ``[C, N]`` (each channel coded on its own) -> token-file bytes.
 
     ``coding``: "context" (entropy coding with the model's context tables), "range" (with its
     per-level tables), "packed" (plain bit-packing), or "auto": each the model supports, keeping
-    the smallest file (packing wins with untrained tables).
+    the smallest file (packing wins with untrained tables). ``rate_weight > 0``: codes picked for
+    distortion + weight x coded bits (:mod:`codec.rdo`): smaller files, a little lower quality.
     """
+    rate_weight = check_rate_weight(model, rate_weight)
     tables = coding_tables(model)
     codings = available_codings(model, coding, tables)
     samples = wav.shape[-1]
     wav = resample(wav, sample_rate, model.sample_rate)
     if samples and not wav.shape[-1]:
         raise AudioError(f"{samples} sample(s) at {sample_rate} Hz are too short: no samples at {model.sample_rate} Hz")
-    codes = model.encode(torch.from_numpy(wav), model.sample_rate, bitrate=bitrate)  # [C, K, T]
+    extra = {"rate_weight": rate_weight} if rate_weight else {}  # other codecs take no rate weight
+    codes = model.encode(torch.from_numpy(wav), model.sample_rate, bitrate=bitrate, **extra)  # [C, K, T]
     length = wav.shape[-1]
     header = tokenfile.TokenFileHeader(
         model=model.name,
@@ -245,14 +260,16 @@ def _audio_blocks(f: sf.SoundFile, path: Path, mono: bool) -> Iterator[np.ndarra
 
 
 def compress_file(model: AudioCodec, source: Path, target: Path, bitrate: float | None,
-                  separate_channels: bool = False, coding: str = "auto", force: bool = False) -> int:
+                  separate_channels: bool = False, coding: str = "auto", force: bool = False,
+                  rate_weight: float = 0.0) -> int:
     """Compress one audio file, streaming; returns the token file's size in bytes."""
     source, target = Path(source), Path(target)
+    rate_weight = check_rate_weight(model, rate_weight)
     if target.exists() and not force:
         raise TokenwaveError(f"{target} exists; use --force to overwrite")
     if not _streams(model):  # whole file in memory
         wav, sample_rate = load_audio(source, mono=not separate_channels)
-        data = encode_audio(model, wav, sample_rate, bitrate, coding)
+        data = encode_audio(model, wav, sample_rate, bitrate, coding, rate_weight)
         target.parent.mkdir(parents=True, exist_ok=True)
         tokenfile.write_token_file(target, data, overwrite=force)
         return len(data)
@@ -264,7 +281,7 @@ def compress_file(model: AudioCodec, source: Path, target: Path, bitrate: float 
         if channels > tokenfile.MAX_CHANNELS:
             raise AudioError(f"{source}: {channels} channels, but a token file holds at most "
                              f"{tokenfile.MAX_CHANNELS}; leave out --channels separate to mix them down")
-        encoder = model.stream_encoder(bitrate, batch=channels)
+        encoder = model.stream_encoder(bitrate, batch=channels, rate_weight=rate_weight)
         resampler = None
         if f.samplerate != model.sample_rate:
             resampler = soxr.ResampleStream(f.samplerate, model.sample_rate, channels, dtype="float32", quality="HQ")

@@ -205,16 +205,26 @@ class CodecModel(nn.Module, AudioCodec, CodecHubMixin):
         return wav
 
     @torch.no_grad()
-    def encode(self, wav, sample_rate: int, bitrate: float | None = None) -> torch.Tensor:
+    def encode(self, wav, sample_rate: int, bitrate: float | None = None, rate_weight: float = 0.0) -> torch.Tensor:
         """Waveform (``[B, 1, N]``, ``[B, N]`` or ``[N]``) -> codes ``[B, K, T]`` int64,
-        K from ``bitrate`` in kbps (all codebooks when None)."""
+        K from ``bitrate`` in kbps (all codebooks when None). ``rate_weight > 0``: codes picked
+        for distortion + ``rate_weight`` x their coded bits (:mod:`codec.rdo`), smaller token files."""
         num_codebooks = self.bitrate_to_codebooks(bitrate)
         wav = self._as_batch(wav, sample_rate)
+        quantizer = self.rate_quantizer(rate_weight, wav.shape[0]) if rate_weight else self.quantizer
         dtype = self.encoder.proj_in.weight.dtype
         device = self.encoder.proj_in.weight.device
         frames = frame_signal(self.pad(wav.to(device, dtype)), self.config.n_fft, self.hop)
         latent, _ = self.encoder(frames)
-        return self.quantizer.encode(latent, num_codebooks)
+        return quantizer.encode(latent, num_codebooks)
+
+    def rate_quantizer(self, weight: float, batch: int = 1):
+        """A :class:`codec.rdo.RateDistortionQuantizer` with this model's entropy-coding tables
+        (context tables when it has them) for ``batch`` streams."""
+        from codec.rdo import RateDistortionQuantizer
+
+        tables = self.context_tables()
+        return RateDistortionQuantizer(self.quantizer, self.probabilities() if tables is None else tables, weight, batch)
 
     def check_codes(self, codes: torch.Tensor, min_frames: int | None = None) -> torch.Tensor:
         """Validate codes ``[B, K, T]`` for this model (T >= ``min_frames``, by default the
@@ -240,10 +250,10 @@ class CodecModel(nn.Module, AudioCodec, CodecHubMixin):
         frames, _ = self.decoder(self.quantizer.decode(codes).to(dtype))
         return self.synthesize(frames, length)
 
-    def stream_encoder(self, bitrate: float | None = None, batch: int = 1):
+    def stream_encoder(self, bitrate: float | None = None, batch: int = 1, rate_weight: float = 0.0):
         from codec.streaming import StreamingEncoder
 
-        return StreamingEncoder(self, self.bitrate_to_codebooks(bitrate), batch)
+        return StreamingEncoder(self, self.bitrate_to_codebooks(bitrate), batch, rate_weight)
 
     def stream_decoder(self, length: int | None = None, batch: int = 1):
         from codec.streaming import StreamingDecoder

@@ -22,13 +22,16 @@ class StreamingEncoder:
     (resample the whole signal first, or use ``soxr.ResampleStream``).
 
     State: ``pending`` ``[B, L]`` samples not yet covered by a whole frame (starts with the
-    ``n_fft - hop`` zeros of analysis history), ``cache`` of the causal convolutions, and
-    ``samples_in`` / ``frames_out`` counters.
+    ``n_fft - hop`` zeros of analysis history), ``cache`` of the causal convolutions,
+    ``samples_in`` / ``frames_out`` counters, and with a rate weight the ``rate_quantizer``.
     """
 
-    def __init__(self, model, num_codebooks: int, batch: int = 1):
+    def __init__(self, model, num_codebooks: int, batch: int = 1, rate_weight: float = 0.0):
         self.model = model
         self.num_codebooks = num_codebooks
+        # rate_weight > 0: rate-distortion optimised codes (codec.rdo); its state (the last
+        # level-1 code of each stream) lives in this quantizer
+        self.rate_quantizer = model.rate_quantizer(rate_weight, batch) if rate_weight else None
         param = model.encoder.proj_in.weight
         self.dtype, self.device = param.dtype, param.device
         self.pending = torch.zeros(batch, model.config.n_fft - model.hop, dtype=self.dtype, device=self.device)
@@ -59,7 +62,8 @@ class StreamingEncoder:
         self.pending = self.pending[:, ready * hop :]
         latent, self.cache = self.model.encoder(frames, self.cache)
         self.frames_out += ready
-        return self.model.quantizer.encode(latent, self.num_codebooks)
+        quantizer = self.rate_quantizer or self.model.quantizer
+        return quantizer.encode(latent, self.num_codebooks)
 
     def push(self, wav: torch.Tensor) -> torch.Tensor:
         """Chunk ``[B, n]`` (or ``[n]``, any n >= 0) -> codes of completed frames ``[B, K, t]``."""
