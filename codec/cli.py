@@ -135,14 +135,7 @@ def cmd_roundtrip(args) -> int:
 
     from codec.audio import WRITE_FORMATS
     from codec.errors import AudioError
-    from codec.files import (
-        READ_FRAMES,
-        _audio_blocks,
-        _open_audio,
-        check_rate_weight,
-        compress_file,
-        decompress_file,
-    )
+    from codec.files import READ_FRAMES, _audio_blocks, _open_audio, compress_file, decompress_file
 
     source, target = Path(args.input), Path(args.output)
     if target.exists() and not args.force:
@@ -153,8 +146,7 @@ def cmd_roundtrip(args) -> int:
     model = _load_model(args.model)
     model.bitrate_to_codebooks(args.bitrate)
     with tempfile.TemporaryDirectory(prefix="tokenwave-roundtrip-") as folder:
-        size = compress_file(model, source, Path(folder) / "roundtrip.tok", args.bitrate,
-                             rate_weight=check_rate_weight(model, args.rate_weight))
+        size = compress_file(model, source, Path(folder) / "roundtrip.tok", args.bitrate, rate_weight=args.rate_weight)
         seconds = decompress_file(model, Path(folder) / "roundtrip.tok", target, args.force)
 
     rate = model.sample_rate

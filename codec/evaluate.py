@@ -510,12 +510,10 @@ def main_eval(args) -> int:
     model = _load_model(args.model)
     for bitrate in bitrates:
         model.bitrate_to_codebooks(bitrate)
-    from codec.files import available_codings, coding_tables
+    from codec.files import available_codings, check_rate_weight, coding_tables
 
     available_codings(model, args.coding, coding_tables(model))  # a coding the model cannot do fails here
     weights = parse_rate_weights(args.rate_weights)
-    from codec.files import check_rate_weight
-
     for weight in weights:
         check_rate_weight(model, weight)  # a codec that cannot weigh its codes fails here
     systems: list[System] = [CodecSystem(system_name(model.name, w), f"{b:g}", b, model=model, bitrate=b,

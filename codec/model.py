@@ -212,11 +212,21 @@ class CodecModel(nn.Module, AudioCodec, CodecHubMixin):
         num_codebooks = self.bitrate_to_codebooks(bitrate)
         wav = self._as_batch(wav, sample_rate)
         quantizer = self.rate_quantizer(rate_weight, wav.shape[0]) if rate_weight else self.quantizer
+        return quantizer.encode(self._latent(wav), num_codebooks)
+
+    @torch.no_grad()
+    def encode_latent(self, wav, sample_rate: int) -> torch.Tensor:
+        """Waveform (as :meth:`encode` takes it) -> the encoder's latent ``[B, T, D]``, before
+        quantization."""
+        return self._latent(self._as_batch(wav, sample_rate))
+
+    def _latent(self, wav: torch.Tensor) -> torch.Tensor:
+        """Checked waveform ``[B, N]`` at the model's rate -> latent ``[B, T, D]``."""
         dtype = self.encoder.proj_in.weight.dtype
         device = self.encoder.proj_in.weight.device
         frames = frame_signal(self.pad(wav.to(device, dtype)), self.config.n_fft, self.hop)
         latent, _ = self.encoder(frames)
-        return quantizer.encode(latent, num_codebooks)
+        return latent
 
     def rate_quantizer(self, weight: float, batch: int = 1):
         """A :class:`codec.rdo.RateDistortionQuantizer` with this model's entropy-coding tables

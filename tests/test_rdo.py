@@ -96,19 +96,11 @@ def test_weight_trades_distance_for_smaller_files_that_any_reader_decodes():
         _, codes = tf.unpack(data, coding_tables(model))
         audio, rate = decode_bytes(model, data)
         assert rate == 16_000 and audio.shape == wav.shape and np.isfinite(audio).all()
-        with torch.no_grad():
-            latent, _ = model.encoder(model_frames(model, wav))
+        latent = model.encode_latent(torch.from_numpy(wav), 16_000)
         quantized = model.quantizer.decode(torch.from_numpy(np.ascontiguousarray(codes)))
         errors.append(float((latent.double() - quantized.double()).pow(2).sum()))
     assert sizes[2] < sizes[0] and sizes[1] <= sizes[0]
     assert errors[0] < errors[2] and errors[0] <= errors[1]
-
-
-def model_frames(model, wav):
-    from codec.modules import frame_signal
-
-    x = model._as_batch(torch.from_numpy(wav), 16_000)
-    return frame_signal(model.pad(x.to(model.encoder.proj_in.weight.dtype)), model.config.n_fft, model.hop)
 
 
 def test_streaming_carries_the_level_one_context_across_chunks():
