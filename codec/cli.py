@@ -249,7 +249,7 @@ def cmd_train_codec(args) -> int:
                          device=args.device, adversarial=args.adversarial,
                          adversarial_start=args.adversarial_start, codec=codec_config,
                          warmup_steps=args.warmup_steps, init=args.init, decoder_only=args.decoder_only,
-                         complex_loss_weight=args.complex_loss_weight)
+                         complex_loss_weight=args.complex_loss_weight, grow_decoder=args.grow_decoder)
     export = train_codec(config)
     print(f"weights exported to {export}")
     return 0
@@ -334,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "token LM shards) do not change")
     p.add_argument("--complex-loss-weight", type=float, default=0.0, metavar="W",
                    help="add W x the compressed complex spectral loss, which asks for the phase too (default 0)")
+    p.add_argument("--grow-decoder", type=int, metavar="N",
+                   help="with --init: a decoder of N blocks, the initial model's then new ones that start as "
+                        "identities (the run starts from exactly the initial model's output)")
     p.add_argument("--codec-config", help=argparse.SUPPRESS)  # JSON object of CodecConfig fields (tests: a tiny codec)
     p.set_defaults(func=cmd_train_codec)
 

@@ -30,6 +30,9 @@ codebooks (no gradients, no EMA updates; quantizer dropout still runs); the opti
 decoder's parameters only and exports keep the entropy tables, so the codes, the token files and
 the model's fingerprint stay the same. ``complex_loss_weight`` adds the compressed complex
 spectral loss of :class:`codec.losses.SpectralLoss`; the dev loss then includes it too.
+``grow_decoder`` (``--grow-decoder N``, with ``init``) gives the new run's decoder N blocks: the
+initial model's blocks, then new ones whose layer scale starts at 0, so that the grown model starts
+out computing exactly what the initial one does (:func:`load_initial`).
 
 Device: ``device="auto"`` (the default) trains on CUDA when torch sees a GPU, else on the CPU;
 ``"cpu"`` and ``"cuda"`` force one. Training runs in float32.
@@ -59,6 +62,7 @@ shared with the token LMs' training loop (:mod:`tokenlm.train`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import sys
@@ -112,6 +116,7 @@ class TrainConfig:
     init: str | None = None  # a fresh run starts from these codec weights (name or folder), not at random
     complex_loss_weight: float = 0.0  # x compressed complex spectral loss (asks for the phase too)
     decoder_only: bool = False  # train the decoder alone: encoder and codebooks (the token space) stay fixed
+    grow_decoder: int | None = None  # with init: this many decoder blocks, the new ones appended as identities
 
 
 def draw_batch(corpus: AudioCorpus, seed: int, step: int, batch_size: int, crop: int,
@@ -214,11 +219,15 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
     if checkpoint and bool(checkpoint.get("decoder_only", False)) != config.decoder_only:
         mode = "with" if checkpoint.get("decoder_only", False) else "without"
         raise TokenwaveError(f"the run in {out_dir} was trained {mode} --decoder-only: resume it the same way")
+    if config.grow_decoder is not None and not config.init:
+        raise TokenwaveError("--grow-decoder needs --init (the model whose decoder it grows)")
     initial = initial_weights(config.init) if config.init and not checkpoint else None
     if checkpoint:
         codec_config = CodecConfig.from_dict(checkpoint["config"])
     elif initial is not None:
         codec_config = initial.config
+        if config.grow_decoder is not None:
+            codec_config = dataclasses.replace(codec_config, decoder_layers=config.grow_decoder)
     else:
         codec_config = CodecConfig(**config.codec)
 
@@ -238,7 +247,7 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
         model.load_state_dict(checkpoint["model"])
         start = checkpoint["step"]
     elif initial is not None:
-        model.load_state_dict({name: value.float() for name, value in initial.state_dict().items()})
+        load_initial(model, initial)
         del initial
         if main:
             tqdm.write(f"initialised from {config.init}")
@@ -326,6 +335,24 @@ def initial_weights(name_or_path: str) -> CodecModel:
     return model
 
 
+def load_initial(model: CodecModel, initial: CodecModel) -> None:
+    """Copy ``initial``'s weights into ``model``, whose decoder may have more blocks: those
+    start with layer scale 0 (identities), so ``model`` decodes exactly as ``initial`` does."""
+    have, want = initial.config.decoder_layers, model.config.decoder_layers
+    if want < have:
+        raise TokenwaveError(f"--grow-decoder {want}: the initial decoder already has {have} blocks")
+    state = {name: value.float() for name, value in initial.state_dict().items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    new = {f"decoder.stack.blocks.{i}.{name}" for i in range(have, want)
+           for name in model.decoder.stack.blocks[i].state_dict()}
+    if unexpected or set(missing) != new:
+        raise TokenwaveError(f"--init: the initial model does not fit (missing {sorted(set(missing) - new)[:3]}, "
+                             f"unexpected {unexpected[:3]})")
+    with torch.no_grad():
+        for block in model.decoder.stack.blocks[have:]:
+            block.gamma.zero_()
+
+
 def freeze_token_space(model: CodecModel) -> None:
     """Fix what decides the codes (encoder weights and codebooks) so that training changes the
     decoder alone: token files and token LMs made with the model stay valid."""
@@ -401,6 +428,8 @@ def training_record(config: TrainConfig, steps: int) -> dict:
         record["decoder_only"] = True
     if config.complex_loss_weight:
         record["complex_loss_weight"] = config.complex_loss_weight
+    if config.grow_decoder is not None:
+        record["grow_decoder"] = config.grow_decoder
     return record
 
 

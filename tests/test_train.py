@@ -23,7 +23,8 @@ from codec.config import tiny
 from codec.data import AudioCorpus, read_manifest, select_split, step_rng
 from codec.errors import TokenwaveError
 from codec.files import decode_bytes, encode_audio
-from codec.train import TrainConfig, _summary_writer, draw_batch, lr_at, train_codec
+from codec.model import CodecModel
+from codec.train import TrainConfig, _summary_writer, draw_batch, load_initial, lr_at, train_codec
 
 
 def make_manifest(folder, files=6):
@@ -259,6 +260,33 @@ def test_decoder_only_run_keeps_the_token_space(tmp_path):
     # The run cannot be resumed as a full training run (its optimizer holds the decoder alone).
     with pytest.raises(TokenwaveError, match="--decoder-only"):
         train_codec(dataclasses.replace(tuned, steps=20, decoder_only=False))
+
+
+def test_grown_decoder_starts_as_the_initial_model_and_keeps_the_token_space(tmp_path):
+    manifest = make_manifest(tmp_path)
+    train_codec(config(tmp_path, manifest, steps=4))
+    first = tmp_path / "run" / "export"
+    initial = codec.load(str(first))
+    layers = initial.config.decoder_layers
+    grown = CodecModel(dataclasses.replace(initial.config, decoder_layers=layers + 2))
+    load_initial(grown, initial)
+    grown.prepare_for_inference()
+    codes = initial.encode(torch.randn(1, 8_000) * 0.1, 16_000)
+    assert torch.equal(grown.decode(codes), initial.decode(codes))  # new blocks: identities
+    assert all(not block.gamma.detach().any() for block in grown.decoder.stack.blocks[layers:])
+
+    run = dataclasses.replace(config(tmp_path, manifest, steps=4), out_dir=str(tmp_path / "grown"), init=str(first),
+                              decoder_only=True, grow_decoder=layers + 2)
+    after = codec.load(str(train_codec(run)))
+    assert after.config.decoder_layers == layers + 2 and after.fingerprint == initial.fingerprint
+    assert all(block.gamma.detach().any() for block in after.decoder.stack.blocks[layers:])  # they train
+    training = json.loads((tmp_path / "grown" / "export" / "config.json").read_text())["training"]
+    assert training["grow_decoder"] == layers + 2
+
+    with pytest.raises(TokenwaveError, match="already has"):
+        load_initial(CodecModel(dataclasses.replace(initial.config, decoder_layers=layers - 1)), initial)
+    with pytest.raises(TokenwaveError, match="needs --init"):
+        train_codec(dataclasses.replace(run, init=None, out_dir=str(tmp_path / "other")))
 
 
 def test_init_must_be_a_tokenwave_codec(tmp_path):
