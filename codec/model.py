@@ -255,9 +255,31 @@ class CodecModel(nn.Module, AudioCodec, CodecHubMixin):
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, length: int | None = None) -> torch.Tensor:
         """Codes ``[B, K, T]`` -> waveform ``[B, 1, N]``; N = ``length`` or the longest valid span."""
-        codes = self.check_codes(codes).to(self.encoder.proj_in.weight.device)
-        dtype = self.decoder.proj_in.weight.dtype
-        frames, _ = self.decoder(self.quantizer.decode(codes).to(dtype))
+        return self.decode_vectors(self.code_vectors(codes), length)
+
+    def code_vectors(self, codes: torch.Tensor, min_frames: int | None = None) -> torch.Tensor:
+        """Codes ``[B, K, T]`` -> the sum of their code vectors ``[B, T, D]`` (the decoder's input;
+        ``min_frames`` as in :meth:`check_codes`)."""
+        codes = self.check_codes(codes, min_frames).to(self.encoder.proj_in.weight.device)
+        return self.quantizer.decode(codes)
+
+    def codebook_tables(self) -> list[torch.Tensor]:
+        """The code vectors of each level: ``max_codebooks`` float32 tensors ``[codebook_size, D]``."""
+        return [codebook.embed.detach().float() for codebook in self.quantizer.codebooks]
+
+    @torch.no_grad()
+    def decode_vectors(self, vectors: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """Decoder input ``[B, T, D]`` -> waveform ``[B, 1, N]``: sums of code vectors
+        (:meth:`code_vectors`) or any point of the latent space, for example expected code
+        vectors under a token model's probabilities (``tts``'s NAR decoding)."""
+        if vectors.dim() != 3 or vectors.shape[2] != self.config.latent_dim:
+            raise ModelError(f"vectors must be [B, T, {self.config.latent_dim}], got {list(vectors.shape)}")
+        if vectors.shape[1] < self.overlap:
+            raise ModelError(f"{self.name} needs at least {self.overlap} frames, got {vectors.shape[1]}")
+        if not torch.isfinite(vectors).all():
+            raise ModelError("vectors must be finite")
+        weight = self.decoder.proj_in.weight
+        frames, _ = self.decoder(vectors.to(weight.device, weight.dtype))
         return self.synthesize(frames, length)
 
     def stream_encoder(self, bitrate: float | None = None, batch: int = 1, rate_weight: float = 0.0):

@@ -8,7 +8,7 @@ from lm_helpers import NPH, K, V, lively, tiny_config
 
 from tokenlm.ar import ARModel
 from tokenlm.errors import LMError
-from tokenlm.generate import generate_ar, length_limits, nar_fill
+from tokenlm.generate import generate_ar, length_limits, nar_fill, nar_fill_expected
 from tokenlm.nar import NARModel
 from tokenlm.sampling import SamplingConfig
 
@@ -168,6 +168,40 @@ def test_nar_fill(nar):
         nar_fill(nar, phonemes[:1], prompts[:1], [torch.zeros(0, dtype=torch.long)])
     with pytest.raises(LMError, match="out of range"):
         nar_fill(nar, phonemes[:1], prompts[:1], [torch.tensor([V])])
+
+
+def test_nar_fill_expected_vectors(nar):
+    phonemes, _ = rows(5)
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, V, (K, n), generator=g) for n in (3, 0, 6, 1)]
+    firsts = [torch.randint(0, V, (n,), generator=g) for n in (8, 3, 12, 1)]
+    tables = [torch.randn(V, 6, generator=g) for _ in range(K)]
+    codes, vectors = nar_fill_expected(nar, phonemes, prompts, firsts, tables, temperature=0.7)
+    for c, expected in zip(codes, nar_fill(nar, phonemes, prompts, firsts)):  # the same argmax codes
+        assert torch.equal(c, expected)
+    assert [tuple(v.shape) for v in vectors] == [(8, 6), (3, 6), (12, 6), (1, 6)]
+    # by hand, one row alone: layer 1's vector plus the softmax-weighted mean of each level's table
+    target = codes[2][None]
+    manual = tables[0][firsts[2]].clone()
+    with torch.no_grad():
+        for k in range(1, K):
+            logits = nar(phonemes[2][None], torch.tensor([len(phonemes[2])]), prompts[2][None], torch.tensor([6]),
+                         target, torch.tensor([12]), torch.tensor([k]))[0]
+            manual += torch.softmax(logits / 0.7, -1) @ tables[k]
+    assert torch.allclose(vectors[2], manual, atol=1e-4)
+    assert not torch.allclose(vectors[2], sum(tables[k][codes[2][k]] for k in range(K)), atol=1e-3)
+    # a temperature near zero gives the argmax codes' vectors; fewer layers, fewer terms
+    cold = nar_fill_expected(nar, phonemes[:1], prompts[:1], firsts[:1], tables, temperature=1e-6)[1][0]
+    assert torch.allclose(cold, sum(tables[k][codes[0][k]] for k in range(K)), atol=1e-4)
+    one = nar_fill_expected(nar, phonemes[:1], prompts[:1], firsts[:1], tables, n_codebooks=1)[1][0]
+    assert torch.equal(one, tables[0][firsts[0]])
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(LMError, match="temperature"):
+            nar_fill_expected(nar, phonemes[:1], prompts[:1], firsts[:1], tables, temperature=bad)
+    with pytest.raises(LMError, match="tables"):
+        nar_fill_expected(nar, phonemes[:1], prompts[:1], firsts[:1], tables[:2])
+    with pytest.raises(LMError, match="tables"):
+        nar_fill_expected(nar, phonemes[:1], prompts[:1], firsts[:1], [t[:, None] for t in tables])
 
 
 def test_nar_fill_bfloat16_autocast_runs(nar):

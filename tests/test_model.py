@@ -97,6 +97,20 @@ def test_bad_codes_are_refused(model16):
             model16.decode(bad)
 
 
+def test_decoding_vectors_equals_decoding_their_codes(model16):
+    codes = model16.encode(speechlike(0.5, 16_000), 16_000, bitrate=3)
+    vectors = model16.code_vectors(codes)
+    tables = model16.codebook_tables()
+    assert len(tables) == model16.max_codebooks and tables[0].shape == (model16.codebook_size, vectors.shape[2])
+    assert torch.allclose(vectors.float(), sum(tables[k][codes[:, k]] for k in range(codes.shape[1])), atol=1e-6)
+    assert torch.equal(model16.decode_vectors(vectors, length=7000), model16.decode(codes, length=7000))
+    between = model16.decode_vectors(vectors * 0.5)  # any point of the latent space decodes
+    assert between.shape == model16.decode(codes).shape and torch.isfinite(between).all()
+    for bad in (vectors[0], vectors[..., :-1], vectors[:, :1], vectors * float("nan")):
+        with pytest.raises(ModelError):
+            model16.decode_vectors(bad)
+
+
 @settings(max_examples=15, deadline=None)
 @given(chunks=st.lists(st.integers(0, 2000), min_size=1, max_size=30), bitrate=st.sampled_from([0.5, 1.5, 6]))
 def test_streaming_encode_is_bit_exact(model16, chunks, bitrate):

@@ -460,3 +460,38 @@ def test_a_paced_ar_takes_the_prompt_pace_with_its_long_pauses_capped():
     assert synth.text_pace(prompt(200, 150, 50)) == pytest.approx(PAUSE_ALLOWANCE * 200 / 50)  # a long one is capped
     audio = synth.synthesize("Hello there.", prompt=(prompt(150, 100, 20).wav, 16000), prompt_text="one two three")
     assert audio[0].size > 0
+
+
+def test_nar_decoding_expected_vectors_or_argmax_codes():
+    import dataclasses
+
+    import codec as codec_package
+    from tokenlm.sampling import SamplingConfig
+    from tts.synthesizer import DECODE_CONTEXT, SynthesisConfig, Synthesizer, tiny_models
+
+    ar, nar, vocab = tiny_models()
+    codec = codec_package.load("tiny-16k")
+    config = SynthesisConfig(sampling=SamplingConfig(max_frames_per_phoneme=2.0), retries=0, output_dbfs=None)
+    expected = Synthesizer(ar, nar, codec, vocab, config)
+    argmax = Synthesizer(ar, nar, codec, vocab, dataclasses.replace(config, nar_decoding="argmax"))
+    assert (expected.nar_decoding, argmax.nar_decoding) == ("expected", "argmax")
+    prompt = expected.prepare_prompt("kathleen")
+    phonemes = [torch.cat([prompt.phonemes, expected._ids("Say this.")])]
+    first = [torch.randint(0, codec.codebook_size, (30,), generator=torch.Generator().manual_seed(0))]
+    (codes, vectors), = expected.fill(prompt, phonemes, first)
+    (same_codes, none), = argmax.fill(prompt, phonemes, first)
+    assert torch.equal(codes, same_codes) and none is None and vectors.shape == (30, codec.config.latent_dim)
+    # argmax rendering is the codec decoding the prompt's last frames then the codes, context cut off
+    both = torch.cat([prompt.codes[:, -DECODE_CONTEXT:], codes], dim=1)[None]
+    full = codec.decode(both).numpy().reshape(-1)[DECODE_CONTEXT * expected.hop:]
+    assert np.array_equal(argmax.render(codes, None, prompt), full)
+    # expected vectors go through the same decoder, with the prompt's code vectors as context
+    soft = expected.render(codes, vectors, prompt)
+    assert soft.shape == full.shape and np.isfinite(soft).all() and not np.allclose(soft, full, atol=1e-4)
+    assert np.array_equal(expected.render(codes, vectors, length=100), expected.render(codes, vectors)[:100])
+    # the synthesizers share the AR's codes (same seed) and differ in the decoder input only
+    a, b = expected.run("Say this.", seed=3), argmax.run("Say this.", seed=3)
+    assert a.chunks[0].frames == b.chunks[0].frames and not np.array_equal(a.audio, b.audio)
+    for bad in ({"nar_decoding": "soft"}, {"nar_temperature": 0.0}, {"nar_temperature": float("nan")}):
+        with pytest.raises(TTSError, match="nar_"):
+            SynthesisConfig(**bad)

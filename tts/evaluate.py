@@ -25,8 +25,9 @@ Reference points in the same run, for each voice whose speaker is in ``--manifes
 ``--references`` real dev-split recordings of that speaker (never trained on; the prompt's own
 recording left out) through the same recogniser, the same recordings after a round trip
 through the codec at the NAR's number of codebooks, the same recordings' first layer with
-layers 2..K filled by the NAR from the voice's prompt (what the TTS would give with a perfect AR:
-it separates the NAR's share of the errors from the AR's), and the similarity of each real
+layers 2..K filled by the NAR from the voice's prompt and decoded as in synthesis
+(``--nar-decoding``; what the TTS would give with a perfect AR: it separates the NAR's share of
+the errors from the AR's), and the similarity of each real
 recording to the prompt (real-real similarity). Targets (reported, not asserted): WER <= 1.3 x real WER,
 no failure, similarity >= 0.8 x real-real, RTF <= 0.5.
 
@@ -541,6 +542,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--text-guidance", type=float, default=None, help="classifier-free guidance on the text (1: off)")
     parser.add_argument("--max-frames-per-phoneme", type=float, default=None, help="AR length guard (default 12)")
+    parser.add_argument("--nar-decoding", choices=["expected", "argmax"], default="expected",
+                        help="decoder input of layers 2..K: expected code vectors (default) or the argmax codes")
+    parser.add_argument("--nar-temperature", type=float, default=0.5,
+                        help="softmax temperature of --nar-decoding expected (default 0.5)")
     parser.add_argument("--layer-rows", metavar="K,K,...",
                         help="extra reference rows: the real recordings decoded from their first K codebooks only "
                              "(e.g. 1,2,4), the WER floor of a TTS whose NAR gets layers K+1.. wrong")
@@ -557,7 +562,8 @@ def _synthesizer(args):
     overrides = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k), ("top_p", args.top_p),
                                    ("text_guidance", args.text_guidance),
                                    ("max_frames_per_phoneme", args.max_frames_per_phoneme)) if v is not None}
-    config = SynthesisConfig(sampling=overrides, retries=args.retries)
+    config = SynthesisConfig(sampling=overrides, retries=args.retries, nar_decoding=args.nar_decoding,
+                             nar_temperature=args.nar_temperature)
     device = args.device
     if device == "auto":
         from codec.distributed import resolve_device
@@ -736,7 +742,8 @@ def main(args) -> int:
     used = synth.sampling
     sampling = (f"AR sampling: temperature {used.temperature:g}, top-k {used.top_k}, top-p {used.top_p:g}, "
                 f"text guidance {used.text_guidance:g}, repetition-aware (window {used.repetition_window}, "
-                f"threshold {used.repetition_threshold})")
+                f"threshold {used.repetition_threshold}); NAR decoding: {synth.nar_decoding}"
+                + (f" (temperature {synth.config.nar_temperature:g})" if synth.nar_decoding == "expected" else ""))
     header = [models, sampling, inputs, scorers]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.jsonl", "".join(json.dumps({k: json_safe(v) for k, v in row.items()}) + "\n"
@@ -779,7 +786,6 @@ def _reference_rows(synth, scorer: Scorer, name: str, recordings: list, prompt, 
     from codec.audio import load_audio
     from codec.errors import AudioError
     from tokenlm.errors import LMError
-    from tokenlm.generate import nar_fill
 
     rows = []
     codec, rate = synth.codec, synth.sample_rate
@@ -800,10 +806,8 @@ def _reference_rows(synth, scorer: Scorer, name: str, recordings: list, prompt, 
             target = synth._ids(recording.text) if recording.text.strip() else None
             if target is not None and len(target):
                 prefix = prompt.phonemes if prompt.transcript_source != "none" else prompt.phonemes[:0]
-                filled = nar_fill(synth.nar, [torch.cat([prefix, target])], [prompt.codes], [codes[0, 0].cpu()],
-                                  synth.n_codebooks)[0]
-                refilled = codec.decode(filled[None], length=wav.shape[-1]).detach().cpu().numpy().reshape(-1)
-                systems.append(("nar_fill", refilled))
+                filled, vectors = synth.fill(prompt, [torch.cat([prefix, target])], [codes[0, 0].cpu()])[0]
+                systems.append(("nar_fill", synth.render(filled, vectors, length=wav.shape[-1])))
         except LMError as error:  # e.g. a recording longer than the NAR's context
             log(f"note: no NAR-fill row for {recording.path}: {error}")
         for system, audio in systems:

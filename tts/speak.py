@@ -50,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=None, help="AR nucleus top-p (1: off)")
     parser.add_argument("--text-guidance", type=float, default=None,
                         help="classifier-free guidance on the text (1: off; >1 follows the text more, AR cost x2)")
+    parser.add_argument("--nar-decoding", choices=["expected", "argmax"], default="expected",
+                        help="decoder input of RVQ layers 2..K: expected code vectors under the NAR (default) "
+                             "or its argmax codes")
+    parser.add_argument("--nar-temperature", type=float, default=0.5,
+                        help="softmax temperature of --nar-decoding expected (default 0.5)")
     parser.add_argument("--max-words", type=int, default=None, help="longest chunk in words (default 20)")
     parser.add_argument("--batch-size", type=int, default=8, help="chunks generated together (default 8)")
     parser.add_argument("--retries", type=int, default=2, help="regenerations of a failed chunk (default 2)")
@@ -90,7 +95,8 @@ def build_synthesizer(args):
     overrides = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k),
                                    ("top_p", args.top_p), ("text_guidance", args.text_guidance)) if v is not None}
     config = SynthesisConfig(sampling=overrides, batch_size=args.batch_size, retries=args.retries,
-                             no_transcript=args.no_transcript,
+                             no_transcript=args.no_transcript, nar_decoding=args.nar_decoding,
+                             nar_temperature=args.nar_temperature,
                              **({"max_words": args.max_words} if args.max_words else {}))
     device = args.device
     if device == "auto":

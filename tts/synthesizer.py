@@ -22,7 +22,12 @@ Pipeline (VALL-E style, zero-shot voice from a prompt recording):
    in batches (``batch_size`` rows, sorted by length), so many sentences cost little more than
    one.
 4. **NAR.** Layers 2..K, one greedy pass per layer, conditioned on the phonemes and all K layers
-   of the prompt.
+   of the prompt. With ``nar_decoding="expected"`` (default) the decoder input of layers 2..K is
+   the expected code vector under each pass's distribution (softmax of its logits /
+   ``nar_temperature``, default 0.5; :func:`tokenlm.generate.nar_fill_expected`) instead of the
+   argmax code's vector (``"argmax"``): measured on 40 Kathleen dev recordings with their real
+   layer 1, word error rate 45.8% against 51.7% for the argmax codes and 57.0% for layer 1 alone.
+   The argmax codes still condition the later passes, as in training.
 5. **Decode.** The codec decodes the last ``DECODE_CONTEXT`` frames of the prompt followed by the
    chunk's codes (the decoder runs warm into the chunk, as in ``tokenwave continue``); the
    context's samples are dropped. Silent ends are trimmed (50 ms kept at the start, 100 ms at the
@@ -82,6 +87,7 @@ MIN_SOUND_FRACTION = 0.3
 MIN_PROMPT_SECONDS = 1.0
 PROMPT_LEVEL = (-40.0, -12.0)  # dBFS RMS over sound frames; outside, the prompt is scaled to -24
 NO_TRANSCRIPT_MODES = ("auto", "asr", "acoustic")
+NAR_DECODINGS = ("expected", "argmax")
 TYPICAL_FRAMES_PER_PHONEME = 3.7  # median over the training speech (Kathleen 3.8, LJSpeech 3.9, synthetic 3.5)
 PROMPT_RATE_RANGE = (2.5, 8.0)  # frames per phoneme a prompt's pace is clamped to
 PAUSE_ALLOWANCE = 1.2  # a paced AR's prompt pace counts at most this x the prompt's sounding frames
@@ -105,6 +111,8 @@ class SynthesisConfig:
     stream_frames: int = 25
     output_dbfs: float | None = -20.0  # None: keep the generated level
     pace: tuple[float, float] | None = (0.7, 1.8)  # length guards x the prompt's frames/phoneme; None: off
+    nar_decoding: str = "expected"  # decoder input of layers 2..K: "expected" code vectors or "argmax" codes
+    nar_temperature: float = 0.5  # softmax temperature of "expected"
 
     def __post_init__(self):
         if self.sampling is not None and not isinstance(self.sampling, (dict, SamplingConfig)):
@@ -115,6 +123,10 @@ class SynthesisConfig:
             raise TTSError("batch_size, max_words, first_chunk_words and min_words must be >= 1, retries >= 0")
         if self.pace is not None and not 0.0 < self.pace[0] < self.pace[1]:
             raise TTSError(f"pace must be (low, high) with 0 < low < high, got {self.pace}")
+        if self.nar_decoding not in NAR_DECODINGS:
+            raise TTSError(f"nar_decoding must be one of {', '.join(NAR_DECODINGS)}, got {self.nar_decoding!r}")
+        if not (isinstance(self.nar_temperature, (int, float)) and 0.0 < self.nar_temperature < float("inf")):
+            raise TTSError(f"nar_temperature must be a number > 0, got {self.nar_temperature!r}")
         if self.stream_frames < 1 or not self.max_prompt_seconds >= MIN_PROMPT_SECONDS:
             raise TTSError(f"stream_frames must be >= 1 and max_prompt_seconds >= {MIN_PROMPT_SECONDS:g}")
 
@@ -275,6 +287,11 @@ class Synthesizer:
             raise TTSError("the phoneme vocabulary is larger than the models' phoneme tables")
         self._prompts: dict = {}
         self._recognizer = None
+        self.nar_decoding = self.config.nar_decoding
+        if self.nar_decoding == "expected" and not hasattr(codec, "decode_vectors"):
+            warnings.warn(f"codec {codec.name} cannot decode expected code vectors; NAR decoding is argmax",
+                          TTSWarning, stacklevel=2)
+            self.nar_decoding = "argmax"
 
     # -- prompts -----------------------------------------------------------------------------
     def default_voice(self) -> str:
@@ -409,9 +426,10 @@ class Synthesizer:
         frames = min(prompt.codes.shape[1], PAUSE_ALLOWANCE * self.speaking_frames(prompt))
         return prompt_pace(self.ar.config, len(prompt.phonemes), frames)
 
-    def _generate(self, prompt: Prompt, targets: list[torch.Tensor], seed: int) -> list[tuple[torch.Tensor, bool]]:
-        """Layer-1..K codes ``[K, T]`` and "hit the length limit" for each row of ``targets``."""
-        from tokenlm.generate import generate_ar, length_limits, nar_fill
+    def _generate(self, prompt: Prompt, targets: list[torch.Tensor], seed: int) -> list[tuple]:
+        """For each row of ``targets``: layer-1..K codes ``[K, T]``, the decoder input ``[T, D]``
+        (None with argmax NAR decoding, see :meth:`fill`) and "hit the length limit"."""
+        from tokenlm.generate import generate_ar, length_limits
 
         sampling = self.paced_sampling(prompt)
         text_prompt = prompt.transcript_source != "none"
@@ -427,15 +445,40 @@ class Synthesizer:
         first = generate_ar(self.ar, phonemes, [ar_prompt] * len(targets), sampling, seed=seed, max_frames=hard_cap,
                             target_phonemes=[len(t) for t in targets], pace=pace)
         maxima = [length_limits(len(t), sampling, hard_cap)[1] for t in targets]
-        codes = nar_fill(self.nar, phonemes, [prompt.codes] * len(targets), first, self.n_codebooks)
-        return [(c, f.numel() >= m) for c, f, m in zip(codes, first, maxima)]
+        filled = self.fill(prompt, phonemes, first)
+        return [(c, v, f.numel() >= m) for (c, v), f, m in zip(filled, first, maxima)]
 
-    def _decode(self, prompt: Prompt, codes: torch.Tensor) -> np.ndarray:
-        """Codes ``[K, T]`` -> raw audio ``[n]``, the decoder warmed up on the prompt's end."""
-        context = prompt.codes[:, -DECODE_CONTEXT:] if prompt.codes.shape[1] else prompt.codes
-        both = torch.cat([context, codes], dim=1)[None]
-        audio = self.codec.decode(both).detach().to("cpu", torch.float32).numpy().reshape(-1)
-        return audio[context.shape[1] * self.hop :]
+    def fill(self, prompt: Prompt, phonemes: list[torch.Tensor], first: list[torch.Tensor]) -> list[tuple]:
+        """The NAR's layers 2..K under first layers ``[T]`` (rows of ``phonemes``: the prompt's then
+        the target's, as the AR had them): per row the codes ``[K, T]`` and the decoder input
+        ``[T, D]`` of ``nar_decoding="expected"`` (None with ``"argmax"``)."""
+        from tokenlm.generate import nar_fill, nar_fill_expected
+
+        prompts = [prompt.codes] * len(first)
+        if self.nar_decoding == "argmax":
+            return [(c, None) for c in nar_fill(self.nar, phonemes, prompts, first, self.n_codebooks)]
+        codes, vectors = nar_fill_expected(self.nar, phonemes, prompts, first, self.codec.codebook_tables(),
+                                           self.config.nar_temperature, self.n_codebooks)
+        return list(zip(codes, vectors))
+
+    def render(self, codes: torch.Tensor, vectors: torch.Tensor | None = None, prompt: Prompt | None = None,
+               length: int | None = None) -> np.ndarray:
+        """Codes ``[K, T]``, or the decoder input ``[T, D]`` of :meth:`fill` when not None, -> raw
+        audio ``[n]`` (``length`` samples, default all). With a ``prompt`` the decoder first runs
+        over the prompt's last ``DECODE_CONTEXT`` frames (as in ``tokenwave continue``), whose
+        samples are then dropped."""
+        context = prompt.codes[:, -DECODE_CONTEXT:] if prompt is not None else codes[:, :0]
+        skip = context.shape[1] * self.hop
+        total = None if length is None else skip + length
+        if vectors is None:
+            audio = self.codec.decode(torch.cat([context, codes], dim=1)[None], length=total)
+        else:
+            vectors = vectors.to(torch.float32)
+            if context.shape[1]:
+                vectors = torch.cat([self.codec.code_vectors(context[None], min_frames=1)[0].float().cpu(),
+                                     vectors.cpu()])
+            audio = self.codec.decode_vectors(vectors[None], length=total)
+        return audio.detach().to("cpu", torch.float32).numpy().reshape(-1)[skip:]
 
     def _finish(self, raw: np.ndarray) -> np.ndarray:
         audio = trim_silence(raw, self.sample_rate)
@@ -459,8 +502,8 @@ class Synthesizer:
             for attempt in range(self.config.retries + 1):
                 generated = self._generate(prompt, [ids[i] for i in rows], seed + 1009 * b + 7919 * attempt)
                 again = []
-                for i, (codes, hit_max) in zip(rows, generated):
-                    raw = self._decode(prompt, codes)
+                for i, (codes, vectors, hit_max) in zip(rows, generated):
+                    raw = self.render(codes, vectors, prompt)
                     failure = check_chunk(raw, self.sample_rate, _phones(ids[i], self.vocab), hit_max)
                     first = results[i].first_failure if results[i] is not None else failure
                     results[i] = ChunkResult(chunks[i].text, chunks[i].pause, self._finish(raw), len(ids[i]),
