@@ -20,8 +20,8 @@ per frame, the decoder input that is the expectation of the code vectors under e
 distribution (softmax of logits / ``temperature``) instead of the vector of its argmax code:
 the argmax is right only as often as the NAR's accuracy (about 20% at layer 2 for the shipped
 model), and a wrong code adds a full residual vector in a wrong direction, while the expectation
-is the minimum-squared-error estimate of the residual under the model (a mean latent error
-below that of layer 1 alone, where the argmax codes give a larger one than layer 1 alone).
+is the minimum-squared-error estimate of the residual under the model: it adds what the model is
+sure of and little of what it is not.
 """
 
 from __future__ import annotations
