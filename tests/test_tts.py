@@ -495,3 +495,22 @@ def test_nar_decoding_expected_vectors_or_argmax_codes():
     for bad in ({"nar_decoding": "soft"}, {"nar_temperature": 0.0}, {"nar_temperature": float("nan")}):
         with pytest.raises(TTSError, match="nar_"):
             SynthesisConfig(**bad)
+
+
+def test_a_codec_without_vector_decoding_falls_back_to_argmax_with_a_warning():
+    import codec as codec_package
+    from tts.synthesizer import Synthesizer, TTSWarning, tiny_models
+
+    class CodesOnly:  # a codec that decodes codes only (as the transformers codecs do)
+        def __init__(self, inner):
+            self._inner = inner
+
+        def __getattr__(self, name):
+            if name == "decode_vectors":
+                raise AttributeError(name)
+            return getattr(self._inner, name)
+
+    ar, nar, vocab = tiny_models()
+    with pytest.warns(TTSWarning, match="argmax"):
+        synth = Synthesizer(ar, nar, CodesOnly(codec_package.load("tiny-16k")), vocab)
+    assert synth.nar_decoding == "argmax"
