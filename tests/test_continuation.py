@@ -85,6 +85,9 @@ def test_python_api_returns_prompt_plus_continuation(tmp_path):
     wav = np.random.default_rng(0).standard_normal(5_000).astype(np.float32) * 0.1
     out = continue_audio(wav, 16_000, 0.42, ar, nar, codec_model, seed=0, prompt_seconds=0.1)
     assert out.shape == (5_000 + 6_720,) and out.dtype == np.float32
+    argmax = continue_audio(wav, 16_000, 0.42, ar, nar, codec_model, seed=0, prompt_seconds=0.1, nar_temperature=None)
+    assert argmax.shape == out.shape and np.array_equal(argmax[:4_000], out[:4_000])  # the prompt is kept as is
+    assert not np.allclose(argmax[6_000:], out[6_000:], atol=1e-5)  # the NAR's layers are decoded differently
 
 
 def test_errors_are_one_line(tmp_path, capsys, monkeypatch):

@@ -85,12 +85,15 @@ def load_models(ar_dir: str | None = None, nar_dir: str | None = None, codec_nam
 
 
 def continue_audio(wav: np.ndarray, sample_rate: int, seconds: float, ar, nar, codec_model, sampling=None,
-                   seed: int = 0, prompt_seconds: float = 10.0, progress: bool = False) -> np.ndarray:
+                   seed: int = 0, prompt_seconds: float = 10.0, progress: bool = False,
+                   nar_temperature: float | None = 0.5) -> np.ndarray:
     """Prompt ``wav`` (float ``[N]`` or ``[1, N]`` at ``sample_rate``) + ``seconds`` of continuation
     -> float32 ``[N' + round(seconds * codec rate)]`` at ``codec_model.sample_rate`` (N' = the
-    prompt's length at that rate)."""
+    prompt's length at that rate). The NAR's layers are decoded as expected code vectors at
+    ``nar_temperature`` (as the TTS does, :func:`tokenlm.generate.nar_fill_expected`), or as its
+    argmax codes when it is None or the codec cannot decode vectors."""
     from codec.audio import resample
-    from tokenlm.generate import generate_ar, nar_fill
+    from tokenlm.generate import generate_ar, nar_fill, nar_fill_expected
     from tokenlm.sampling import SamplingConfig
 
     if not (math.isfinite(seconds) and seconds > 0):
@@ -122,8 +125,15 @@ def continue_audio(wav: np.ndarray, sample_rate: int, seconds: float, ar, nar, c
                         min_frames=T, text_free=True, progress=progress)[0]
     if first.numel() != T:
         raise LMError(f"the AR model produced {first.numel()} frames instead of {T}")
-    new = nar_fill(nar, [torch.zeros(0, dtype=torch.long)], [condition], [first], K, progress=progress)[0]
-    decoded = codec_model.decode(torch.cat([prompt, new], dim=1)[None], length=N + n_out)
+    no_text = [torch.zeros(0, dtype=torch.long)]
+    if nar_temperature is not None and hasattr(codec_model, "decode_vectors"):
+        vectors = nar_fill_expected(nar, no_text, [condition], [first], codec_model.codebook_tables(), nar_temperature,
+                                    K, progress=progress)[1][0]
+        known = codec_model.code_vectors(prompt[None], min_frames=1)[0].float().cpu()
+        decoded = codec_model.decode_vectors(torch.cat([known, vectors])[None], length=N + n_out)
+    else:
+        new = nar_fill(nar, no_text, [condition], [first], K, progress=progress)[0]
+        decoded = codec_model.decode(torch.cat([prompt, new], dim=1)[None], length=N + n_out)
     decoded = decoded.detach().to("cpu", torch.float32).numpy().reshape(-1)
     out = decoded.copy()
     out[:N] = wav[0]
@@ -144,6 +154,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
     parser.add_argument("--top-k", type=int, default=50, help="0: off")
     parser.add_argument("--top-p", type=float, default=1.0, help="1: off")
+    parser.add_argument("--nar-decoding", choices=["expected", "argmax"], default="expected",
+                        help="decoder input of layers 2..K: expected code vectors under the NAR (default) or its "
+                             "argmax codes")
     parser.add_argument("--prompt-seconds", type=float, default=10.0,
                         help="condition on at most this much of the prompt's end (default 10)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu",
@@ -167,7 +180,7 @@ def main(args: argparse.Namespace) -> int:
     wav, rate = load_audio(args.prompt, codec_model.sample_rate)
     began = time.time()
     out = continue_audio(wav, rate, args.seconds, ar, nar, codec_model, sampling, args.seed, args.prompt_seconds,
-                         progress=sys.stderr.isatty())
+                         progress=sys.stderr.isatty(), nar_temperature=0.5 if args.nar_decoding == "expected" else None)
     write_audio(target, out[None], codec_model.sample_rate)
     prompt_seconds = wav.shape[-1] / rate
     print(f"{args.prompt} -> {target}: {prompt_seconds:.2f} s prompt + {args.seconds:g} s continuation "
