@@ -9,7 +9,6 @@ COMMANDS = [
     ("voices", "tts.voices", "list the built-in voices"),
     ("eval-tts", "tts.evaluate", "word error rate, speaker similarity, failures and speed of the TTS"),
     ("demo", "tts.webdemo", "local web page: codec round trip and text to speech"),
-    ("tune-tts-decoder", "tts.decoder_tuning", "fine-tune the codec decoder on the NAR's expected code vectors"),
 ]
 
 
