@@ -269,7 +269,7 @@ def nar_fill(
     ``autocast_dtype=torch.bfloat16`` runs the passes under autocast (several times faster on
     GPUs and on CPUs with AMX; argmax ties may then differ from float32).
     """
-    return _nar_passes(model, phonemes, prompt_codes, first_layers, n_codebooks, progress, autocast_dtype)[0]
+    return _nar_passes(model, phonemes, prompt_codes, first_layers, n_codebooks, progress, autocast_dtype)
 
 
 @torch.inference_mode()
@@ -301,29 +301,23 @@ def nar_fill_expected(
     tables = [torch.as_tensor(c).float().cpu() for c in codebooks[:n]]
     if any(t.dim() != 2 or t.shape != (config.codebook_size, tables[0].shape[1]) for t in tables):
         raise LMError(f"codebook tables must all be [{config.codebook_size}, D]")
-    B = len(phonemes)
-    sums: list[torch.Tensor] = []
+    residual = 0.0  # becomes [B, T, D]: the sum over the passes of the expected code vectors
 
     def accumulate(k: int, logits: torch.Tensor) -> None:  # logits [B, T, V], on the model's device
-        table = tables[k].to(logits.device)
-        expected = torch.softmax(logits.float() / temperature, dim=-1) @ table
-        sums.append(expected)
+        nonlocal residual
+        residual = residual + torch.softmax(logits.float() / temperature, dim=-1) @ tables[k].to(logits.device)
 
-    codes, lengths = _nar_passes(model, phonemes, prompt_codes, first_layers, n, progress, autocast_dtype,
-                                 on_logits=accumulate)
-    vectors = []
-    for i in range(B):
-        T = int(lengths[i])
-        row = tables[0][codes[i][0]]
-        for expected in sums:
-            row = row + expected[i, :T].cpu()
-        vectors.append(row)
+    codes = _nar_passes(model, phonemes, prompt_codes, first_layers, n, progress, autocast_dtype, on_logits=accumulate)
+    vectors = [tables[0][c[0]] for c in codes]
+    if isinstance(residual, torch.Tensor):  # n > 1: at least one pass
+        residual = residual.cpu()
+        vectors = [v + residual[i, : v.shape[0]] for i, v in enumerate(vectors)]
     return codes, vectors
 
 
 def _nar_passes(model, phonemes, prompt_codes, first_layers, n_codebooks, progress, autocast_dtype, on_logits=None):
     """The passes of :func:`nar_fill`; ``on_logits(k, logits [B, T, V])`` sees each pass's
-    logits. Returns (codes per row ``[n, T]``, lengths ``[B]``)."""
+    logits. Returns the codes per row ``[n, T]``."""
     config = model.config
     K = config.n_codebooks
     n = K if n_codebooks is None else n_codebooks
@@ -381,7 +375,7 @@ def _nar_passes(model, phonemes, prompt_codes, first_layers, n_codebooks, progre
                 on_logits(k, logits)
     finally:
         model.train(was_training)
-    return [target[i, :, : int(tl[i])].cpu() for i in range(B)], tl.cpu()
+    return [target[i, :, : int(tl[i])].cpu() for i in range(B)]
 
 
 def fast_autocast_dtype(device: torch.device | str = "cpu") -> torch.dtype | None:
