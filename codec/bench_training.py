@@ -3,7 +3,11 @@
 Times forward + backward + AdamW step on a batch of 1 s crops with the same multi-resolution
 loss for (a) our frame-rate codec (STFT frames, ConvNeXt at 50 Hz, iSTFT head) and (b) a SEANet
 waveform encoder/decoder of the EnCodec kind at 16 kHz with strides 8-5-4-2 (50 Hz), built
-through ``transformers`` with random weights. ``tokenwave bench --training``.
+through ``transformers`` with random weights; then what adversarial training adds to a step:
+the multi-scale STFT discriminator's own update plus the generator's adversarial and
+feature-matching backward, for EnCodec's discriminator on the whole batch and for the cheaper
+view that ``train-codec --disc-channels 16 --disc-items N --disc-crop-seconds 0.5`` gives.
+``tokenwave bench --training``.
 """
 
 from __future__ import annotations
@@ -70,4 +74,24 @@ def bench_training_step(batch: int = 8, seconds: float = 1.0, steps: int = 3, th
         params = sum(p.numel() for p in model.parameters()) / 1e6
         lines.append(f"  {name:48s} {params:6.2f} M params  {seconds_per_step:6.2f} s/step  {3600 / seconds_per_step:6.0f} steps/h")
     lines.append(f"  ratio: {rows[1][2] / rows[0][2]:.1f}x more steps per hour with the frame-rate design")
+    lines.append("adversarial training adds (discriminator update + adversarial/feature-matching backward):")
+    for channels, items, window in [(32, batch, seconds), (16, max(1, batch // 4), min(seconds, 0.5))]:
+        cost = _time_steps(_discriminator_step_fn(wav, channels, items, window), steps)
+        lines.append(f"  {channels} channels, {items} item(s) x {window:g} s {'':17s} {cost:6.2f} s/step")
     return "\n".join(lines)
+
+
+def _discriminator_step_fn(wav: torch.Tensor, channels: int, items: int, window: float):
+    from codec.discriminator import MultiScaleSTFTDiscriminator
+    from codec.train import _discriminator_step, discriminator_view
+
+    discriminator = MultiScaleSTFTDiscriminator(16_000, channels=channels)
+    optimizer = torch.optim.AdamW(discriminator.parameters(), 1e-4)
+    recon = wav.clone().requires_grad_(True)
+
+    def step():
+        real, fake = discriminator_view(wav, recon, items, int(16_000 * window))
+        losses = _discriminator_step(discriminator, discriminator, optimizer, real, fake, 1.0)
+        (losses["g_adv"] + 2 * losses["g_fm"]).backward()
+
+    return step

@@ -249,7 +249,9 @@ def cmd_train_codec(args) -> int:
                          device=args.device, adversarial=args.adversarial,
                          adversarial_start=args.adversarial_start, codec=codec_config,
                          warmup_steps=args.warmup_steps, init=args.init, decoder_only=args.decoder_only,
-                         complex_loss_weight=args.complex_loss_weight, grow_decoder=args.grow_decoder)
+                         complex_loss_weight=args.complex_loss_weight, grow_decoder=args.grow_decoder,
+                         discriminator={} if args.disc_channels is None else {"channels": args.disc_channels},
+                         discriminator_items=args.disc_items, discriminator_crop_seconds=args.disc_crop_seconds)
     export = train_codec(config)
     print(f"weights exported to {export}")
     return 0
@@ -326,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train a multi-scale STFT discriminator (adversarial + feature-matching losses)")
     p.add_argument("--adversarial-start", type=int, default=0, metavar="STEP",
                    help="with --adversarial: reconstruction losses only before this step (default 0)")
+    p.add_argument("--disc-channels", type=int, metavar="C",
+                   help="with --adversarial: width of the discriminator's convolutions (default 32, EnCodec's)")
+    p.add_argument("--disc-items", type=int, metavar="N",
+                   help="with --adversarial: the discriminator sees the first N items of each batch (default: all)")
+    p.add_argument("--disc-crop-seconds", type=float, metavar="S",
+                   help="with --adversarial: ... and one random window of S seconds of them (default: the whole crop; "
+                        "at least the largest FFT, 0.128 s at 16 kHz)")
     p.add_argument("--warmup-steps", type=int, default=500, help="linear learning-rate warm-up (default 500)")
     p.add_argument("--init", metavar="MODEL",
                    help="start a new run from these codec weights (a shipped name or an exported folder)")

@@ -112,6 +112,8 @@ class TrainConfig:
     adversarial_weight: float = 1.0  # x hinge adversarial loss, added to the generator's loss
     feature_matching_weight: float = 2.0  # x feature-matching loss, added to the generator's loss
     discriminator: dict = field(default_factory=dict)  # MultiScaleSTFTDiscriminator options (n_ffts, channels)
+    discriminator_items: int | None = None  # items of each process's batch the discriminator sees (None: all)
+    discriminator_crop_seconds: float | None = None  # a random window of this length per step (None: the whole crop)
     codec: dict = field(default_factory=dict)
     init: str | None = None  # a fresh run starts from these codec weights (name or folder), not at random
     complex_loss_weight: float = 0.0  # x compressed complex spectral loss (asks for the phase too)
@@ -269,8 +271,16 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
         d_net = wrap_ddp(discriminator, device, distributed, **no_buffer_broadcast())
     loss_fn = SpectralLoss(codec_config.sample_rate, complex_weight=config.complex_loss_weight).to(device)
     crop = int(config.crop_seconds * codec_config.sample_rate) // codec_config.hop_length * codec_config.hop_length
-    if discriminator is not None and crop < max(scale.n_fft for scale in discriminator.scales):
-        raise TokenwaveError(f"--adversarial needs crops of at least {max(s.n_fft for s in discriminator.scales)} samples")
+    if config.discriminator_items is not None and config.discriminator_items < 1:
+        raise TokenwaveError(f"--disc-items must be at least 1, not {config.discriminator_items}")
+    if config.discriminator_crop_seconds is not None and config.discriminator_crop_seconds <= 0:
+        raise TokenwaveError(f"--disc-crop-seconds must be positive, not {config.discriminator_crop_seconds}")
+    disc_crop = crop
+    if config.discriminator_crop_seconds is not None:
+        disc_crop = min(crop, int(config.discriminator_crop_seconds * codec_config.sample_rate))
+    if discriminator is not None and disc_crop < max(scale.n_fft for scale in discriminator.scales):
+        raise TokenwaveError(f"--adversarial needs crops (and discriminator windows) of at least "
+                             f"{max(s.n_fft for s in discriminator.scales)} samples")
     with contextlib.closing(RunLog(out_dir, start, enabled=main)) as log:
         net.train()
         if d_net is not None:
@@ -289,7 +299,8 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
             spectral, parts = loss_fn(recon, wav)
             loss = spectral + config.commitment_weight * quantized.commitment_loss
             if discriminator is not None and step >= config.adversarial_start:
-                adversarial = _discriminator_step(d_net, discriminator, d_optimizer, wav, recon, config.grad_clip)
+                real, fake = discriminator_view(wav, recon, config.discriminator_items, disc_crop)
+                adversarial = _discriminator_step(d_net, discriminator, d_optimizer, real, fake, config.grad_clip)
                 loss = loss + config.adversarial_weight * adversarial["g_adv"] + config.feature_matching_weight * adversarial["g_fm"]
                 parts |= {key: float(value.detach()) for key, value in adversarial.items()}
             optimizer.zero_grad(set_to_none=True)
@@ -390,6 +401,26 @@ def _discriminator(config: TrainConfig, codec_config: CodecConfig, checkpoint: d
     return discriminator, d_optimizer
 
 
+def discriminator_view(wav: torch.Tensor, recon: torch.Tensor, items: int | None,
+                       window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the discriminator sees of a batch: the first ``items`` items (all when None) of real
+    ``wav`` and ``recon`` ``[B, 1, N]``, cut to one random window of ``window`` samples (the same
+    for real and fake) -> two ``[min(items, B), 1, min(window, N)]`` tensors.
+
+    On a CPU the multi-scale STFT discriminator costs far more than our frame-rate codec (2D
+    convolutions over every STFT bin; ``tokenwave bench --training``), and its cost is linear in
+    items x samples, so a smaller view buys cheap adversarial steps. The window's start comes from
+    torch's generator, which the training loop reseeds from (seed, step): a resumed run draws the
+    same windows."""
+    if items is not None:
+        wav, recon = wav[:items], recon[:items]
+    length = wav.shape[-1]
+    if window < length:
+        start = int(torch.randint(0, length - window + 1, ()))
+        wav, recon = wav[..., start : start + window], recon[..., start : start + window]
+    return wav, recon
+
+
 def _discriminator_step(d_net, discriminator, d_optimizer, wav: torch.Tensor, recon: torch.Tensor,
                         grad_clip: float) -> dict[str, torch.Tensor]:
     """Update the discriminator on ``wav`` (real) vs ``recon.detach()`` (fake), then return the
@@ -430,6 +461,12 @@ def training_record(config: TrainConfig, steps: int) -> dict:
         record["complex_loss_weight"] = config.complex_loss_weight
     if config.grow_decoder is not None:
         record["grow_decoder"] = config.grow_decoder
+    if config.adversarial:
+        record["adversarial"] = {"start": config.adversarial_start, "weight": config.adversarial_weight,
+                                 "feature_matching_weight": config.feature_matching_weight,
+                                 "discriminator": dict(config.discriminator),
+                                 "items": config.discriminator_items,
+                                 "crop_seconds": config.discriminator_crop_seconds}
     return record
 
 

@@ -586,3 +586,23 @@ def test_coding_choice(tmp_path, capsys, wav):
         assert field(info(capsys, tok), "coding").startswith("range" if coding == "range" else "packed")
         assert cli(capsys, "decompress", tok, "-o", tmp_path / f"{coding}.wav", *MODEL)[0] == 0
     assert sizes["auto"] == min(sizes.values())
+
+
+def test_train_codec_passes_the_discriminator_options(tmp_path, monkeypatch):
+    import codec.train
+
+    seen = {}
+
+    def fake_train(config):
+        seen["config"] = config
+        return tmp_path / "export"
+
+    monkeypatch.setattr(codec.train, "train_codec", fake_train)
+    argv = ["train-codec", "--manifest", "m.jsonl", "--out", str(tmp_path / "run"), "--adversarial",
+            "--disc-channels", "16", "--disc-items", "4", "--disc-crop-seconds", "0.5"]
+    assert main(argv) == 0
+    config = seen["config"]
+    assert config.adversarial and config.discriminator == {"channels": 16}
+    assert config.discriminator_items == 4 and config.discriminator_crop_seconds == 0.5
+    assert main(argv[:6]) == 0  # defaults: EnCodec's discriminator on the whole batch
+    assert seen["config"].discriminator == {} and seen["config"].discriminator_items is None

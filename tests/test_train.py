@@ -24,7 +24,15 @@ from codec.data import AudioCorpus, read_manifest, select_split, step_rng
 from codec.errors import TokenwaveError
 from codec.files import decode_bytes, encode_audio
 from codec.model import CodecModel
-from codec.train import TrainConfig, _summary_writer, draw_batch, load_initial, lr_at, train_codec
+from codec.train import (
+    TrainConfig,
+    _summary_writer,
+    discriminator_view,
+    draw_batch,
+    load_initial,
+    lr_at,
+    train_codec,
+)
 
 
 def make_manifest(folder, files=6):
@@ -171,6 +179,48 @@ def test_adversarial_training_logs_checkpoints_and_resumes_exactly(tmp_path):
     (weights,) = (tmp_path / "run" / "export").glob("*.safetensors")
     model = codec.load(str(tmp_path / "run" / "export"))
     assert set(load_file(weights)) == set(model.state_dict()) and model.max_codebooks == 4
+
+
+def test_discriminator_view_is_one_window_of_the_first_items_for_real_and_fake():
+    wav = torch.arange(6 * 100, dtype=torch.float32).reshape(6, 1, 100)
+    recon = -wav
+    torch.manual_seed(3)
+    real, fake = discriminator_view(wav, recon, 2, 40)
+    assert real.shape == fake.shape == (2, 1, 40)
+    start = int(real[0, 0, 0])
+    assert torch.equal(real, wav[:2, :, start : start + 40]) and torch.equal(fake, -real)  # the same window
+    torch.manual_seed(3)
+    assert torch.equal(discriminator_view(wav, recon, 2, 40)[0], real)  # reseeded per step: resumes draw the same
+    starts = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        starts.add(int(discriminator_view(wav, recon, None, 40)[0][0, 0, 0]))
+    assert len(starts) > 5 and all(0 <= s <= 60 for s in starts)
+    whole, _ = discriminator_view(wav, recon, None, 100)
+    assert torch.equal(whole, wav)  # defaults: the whole batch
+
+
+def test_adversarial_training_on_a_smaller_view_logs_resumes_exactly_and_records_it(tmp_path):
+    manifest = make_manifest(tmp_path)
+    view = {"discriminator_items": 2, "discriminator_crop_seconds": 0.25, "adversarial_start": 0}
+    train_codec(adversarial_config(tmp_path, manifest, steps=20, **view))
+    log = losses(tmp_path)
+    assert all(r["d_loss"] > 0 and r["g_fm"] > 0 for r in log)
+    (tmp_path / "run" / "checkpoints" / "step_0000020.pt").write_bytes(b"torn")
+    train_codec(adversarial_config(tmp_path, manifest, steps=20, **view))
+    again = losses(tmp_path)
+    for key in ("loss", "d_loss", "g_adv", "g_fm"):  # the same windows after the resume
+        assert abs(log[1][key] - again[2][key]) < 1e-4 * abs(log[1][key]), key
+    training = json.loads((tmp_path / "run" / "export" / "config.json").read_text())["training"]
+    assert training["adversarial"]["items"] == 2 and training["adversarial"]["crop_seconds"] == 0.25
+    assert training["adversarial"]["discriminator"]["channels"] == SMALL_DISCRIMINATOR["channels"]
+
+    with pytest.raises(TokenwaveError, match="at least 512 samples"):  # the largest FFT no longer fits
+        train_codec(adversarial_config(tmp_path, manifest, steps=2, discriminator_crop_seconds=0.02,
+                                       out_dir=str(tmp_path / "small")))
+    with pytest.raises(TokenwaveError, match="--disc-items"):
+        train_codec(adversarial_config(tmp_path, manifest, steps=2, discriminator_items=0,
+                                       out_dir=str(tmp_path / "none")))
 
 
 def test_adversarial_resume_of_a_checkpoint_without_discriminator(tmp_path, capsys):
