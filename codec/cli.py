@@ -361,6 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     tables.add_arguments(p)
     p.set_defaults(func=tables.main)
 
+    from codec import code_entropy  # code-entropy: options and logic live in codec/code_entropy.py
+
+    p = sub.add_parser("code-entropy", help="bits per code under simple context models (what entropy coding can save)")
+    code_entropy.add_arguments(p)
+    p.set_defaults(func=code_entropy.main)
+
     from codec import refit  # refit-codes: options and logic live in codec/refit.py
 
     p = sub.add_parser("refit-codes", help="refit a codec's unused codes by k-means on its training latents")
