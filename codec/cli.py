@@ -251,7 +251,8 @@ def cmd_train_codec(args) -> int:
                          warmup_steps=args.warmup_steps, init=args.init, decoder_only=args.decoder_only,
                          complex_loss_weight=args.complex_loss_weight, grow_decoder=args.grow_decoder,
                          discriminator={} if args.disc_channels is None else {"channels": args.disc_channels},
-                         discriminator_items=args.disc_items, discriminator_crop_seconds=args.disc_crop_seconds)
+                         discriminator_items=args.disc_items, discriminator_crop_seconds=args.disc_crop_seconds,
+                         time_limit_minutes=args.time_limit)
     export = train_codec(config)
     print(f"weights exported to {export}")
     return 0
@@ -323,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="stop after this many minutes of training with a checkpoint and an export (checked every "
+                        "10 steps; --resume continues; the learning-rate schedule still follows --steps)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
     p.add_argument("--adversarial", action="store_true",
                    help="also train a multi-scale STFT discriminator (adversarial + feature-matching losses)")

@@ -119,6 +119,7 @@ class TrainConfig:
     complex_loss_weight: float = 0.0  # x compressed complex spectral loss (asks for the phase too)
     decoder_only: bool = False  # train the decoder alone: encoder and codebooks (the token space) stay fixed
     grow_decoder: int | None = None  # with init: this many decoder blocks, the new ones appended as identities
+    time_limit_minutes: float | None = None  # stop after this much time in the loop, with a checkpoint and an export
 
 
 def draw_batch(corpus: AudioCorpus, seed: int, step: int, batch_size: int, crop: int,
@@ -221,6 +222,8 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
     if checkpoint and bool(checkpoint.get("decoder_only", False)) != config.decoder_only:
         mode = "with" if checkpoint.get("decoder_only", False) else "without"
         raise TokenwaveError(f"the run in {out_dir} was trained {mode} --decoder-only: resume it the same way")
+    if config.time_limit_minutes is not None and not config.time_limit_minutes >= 0:
+        raise TokenwaveError(f"--time-limit must be a number of minutes >= 0, not {config.time_limit_minutes}")
     if config.grow_decoder is not None and not config.init:
         raise TokenwaveError("--grow-decoder needs --init (the model whose decoder it grows)")
     initial = initial_weights(config.init) if config.init and not checkpoint else None
@@ -288,6 +291,7 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
         bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train-codec", unit="step",
                    disable=not main)
         window_start, window_steps = time.time(), 0
+        loop_start = time.time()
         for step in bar:
             for group in optimizer.param_groups + (d_optimizer.param_groups if d_optimizer else []):
                 group["lr"] = lr_at(step, config)
@@ -322,7 +326,9 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
                         record |= evaluate(model, dev_batch, loss_fn)
                         tqdm.write(json.dumps(record))
                     log.write(record)
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            out_of_time = (config.time_limit_minutes is not None and (step + 1) % 10 == 0
+                           and _out_of_time(loop_start, config.time_limit_minutes, distributed, device))
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or out_of_time:
                 _check_codebooks_agree(model, distributed, device)
                 if main:
                     # Export first: it recounts code_counts (not in a decoder-only run), which the
@@ -333,7 +339,18 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
                                     discriminator=discriminator, discriminator_optimizer=d_optimizer,
                                     decoder_only=config.decoder_only)
                 distributed.barrier()  # the others wait for the checkpoint and the export
+            if out_of_time:
+                if main:
+                    tqdm.write(f"time limit of {config.time_limit_minutes:g} min reached after step {step + 1}: "
+                               f"checkpoint and export written; --resume continues the run")
+                break
     return out_dir / "export"
+
+
+def _out_of_time(start: float, minutes: float, distributed: Distributed, device: torch.device) -> bool:
+    """Whether any process has spent ``minutes`` in the training loop (all processes get the same answer)."""
+    late = float(time.time() - start >= 60.0 * minutes)
+    return distributed.mean({"late": late}, device)["late"] > 0
 
 
 def initial_weights(name_or_path: str) -> CodecModel:

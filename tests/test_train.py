@@ -109,6 +109,19 @@ def tensorboard_scalars(folder) -> dict[str, list[int]]:
     return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+def test_time_limit_stops_with_a_checkpoint_and_export_then_resume_continues(tmp_path, capsys):
+    manifest = make_manifest(tmp_path)
+    limited = dataclasses.replace(config(tmp_path, manifest, steps=30), checkpoint_every=25, time_limit_minutes=0)
+    export = train_codec(limited)
+    assert "time limit of 0 min reached after step 10" in capsys.readouterr().out
+    assert [p.name for p in sorted((tmp_path / "run" / "checkpoints").glob("*.pt"))] == ["step_0000010.pt"]
+    assert json.loads((export / "config.json").read_text())["training"]["steps"] == 10
+    train_codec(dataclasses.replace(limited, time_limit_minutes=None))
+    assert [r["step"] for r in losses(tmp_path)] == [10, 20, 30]
+    with pytest.raises(TokenwaveError, match="--time-limit"):
+        train_codec(dataclasses.replace(limited, time_limit_minutes=-1.0, out_dir=str(tmp_path / "other")))
+
+
 def test_tensorboard_gets_the_logged_scalars(tmp_path):
     pytest.importorskip("torch.utils.tensorboard")
     manifest = make_manifest(tmp_path)
