@@ -34,6 +34,7 @@ from codec.atomic import atomic_output
 from codec.audio import WRITE_FORMATS, load_audio, resample
 from codec.errors import AudioError, TokenFileError, TokenwaveError
 from codec.interface import AudioCodec
+from codec.retired import retired_codec_with_fingerprint
 
 TOKEN_SUFFIX = ".tok"
 DECODED_SUFFIX = ".decoded.wav"
@@ -150,6 +151,10 @@ def check_model_matches(model: AudioCodec, header: tokenfile.TokenFileHeader) ->
     if header.model_hash != model.fingerprint or header.codebook_size != model.codebook_size:
         owner = shipped_model_with_fingerprint(header.model_hash)
         hint = f"; those weights are installed as {owner!r}: pass --model {owner}" if owner else ""
+        retired = None if owner else retired_codec_with_fingerprint(header.model_hash)
+        if retired:
+            hint = (f"; those weights are {retired.name!r}, retired from weights/ on {retired.retired}: "
+                    f"restore them from the repository's history with `{retired.restore_command()}`")
         raise TokenFileError(
             f"token file was made by model {header.model!r} (weights {header.model_hash}), "
             f"but the model in use is {model.name!r} (weights {model.fingerprint}){hint}"
@@ -178,7 +183,8 @@ def installed_model_of(path: Path) -> str:
     """The installed model that decodes a token file: the one its header names, or, when that
     model's weights have changed since the file was written (its fingerprint differs from the
     header's ``model_hash``), the installed model whose weights match (for example
-    ``speech-16k-v1`` for files written before ``speech-16k`` was updated), with a note on stderr.
+    a previous version installed under another name), with a note on stderr. Files of retired weights
+    (:mod:`codec.retired`) get an error saying how to restore them.
 
     The header is untrusted: only plain names of shipped or built-in models are accepted, never a
     path or a hub id, so a file cannot make us load something of its choosing.

@@ -256,7 +256,7 @@ def test_a_file_from_other_installed_weights_names_them(tmp_path, monkeypatch, m
 
 def test_decompress_finds_the_installed_weights_an_older_file_was_written_with(tmp_path, monkeypatch, capsys):
     """A file written by 'speechy' before 'speechy' was updated decodes with the old weights, now
-    installed as 'speechy-v1' (as speech-16k / speech-16k-v1 ship)."""
+    installed as 'speechy-v1'."""
     import dataclasses
 
     from codec.cli import main as cli_main
@@ -285,3 +285,30 @@ def test_decompress_finds_the_installed_weights_an_older_file_was_written_with(t
     # Forcing the new model still fails, naming the weights that fit.
     assert cli_main(["decompress", str(tmp_path / "a.tok"), "-o", str(tmp_path / "b.wav"), "--model", "speechy"]) == 1
     assert "installed as 'speechy-v1'" in capsys.readouterr().err
+
+
+def test_a_file_of_retired_weights_says_how_to_restore_them(tmp_path, monkeypatch, capsys):
+    """Weights listed in retired.json (and installed nowhere): decompress names them and the git
+    command that brings them back; nothing is loaded or downloaded."""
+    import json
+
+    from codec.cli import main as cli_main
+    from codec.pretrained import save_pretrained
+
+    weights = tmp_path / "weights"
+    old, new = tiny_random(seed=1), tiny_random(seed=2)
+    (tmp_path / "a.tok").write_bytes(files.encode_audio(old, speechlike(0.5, 16_000).T, 16_000, bitrate=1.5))
+    save_pretrained(new, weights / new.name)
+    (weights / "retired.json").write_text(json.dumps([{"name": "tiny-old", "model_hash": old.fingerprint,
+                                                        "retired": "2026-12-06", "commit": "abc1234",
+                                                        "files": ["model.safetensors", "config.json"]}]))
+    monkeypatch.setenv("TOKENWAVE_WEIGHTS", str(weights))
+    assert cli_main(["decompress", str(tmp_path / "a.tok"), "-o", str(tmp_path / "a.wav")]) == 1
+    err = capsys.readouterr().err
+    assert "'tiny-old', retired from weights/ on 2026-12-06" in err
+    assert ("mkdir -p weights/tiny-old && for f in model.safetensors config.json; do "
+            "git show abc1234:weights/tiny-old/$f > weights/tiny-old/$f; done") in err
+    assert not (tmp_path / "a.wav").exists()
+    (weights / "retired.json").write_text("{not json")  # a broken list only loses the hint
+    assert cli_main(["decompress", str(tmp_path / "a.tok"), "-o", str(tmp_path / "a.wav")]) == 1
+    assert "token file was made by model" in capsys.readouterr().err
