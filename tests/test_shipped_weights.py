@@ -38,16 +38,3 @@ def test_shipped_codec_round_trips_speech():
     assert len(encode_audio(model, wav, rate, 6, coding="context")) < packed
     assert len(encode_audio(model, wav, rate, 6)) < packed
     assert codes.shape[1] == 12
-
-
-@pytest.mark.skipif(not (REPO_WEIGHTS / "speech-16k-v1").is_dir(), reason="no shipped speech-16k-v1 weights")
-def test_previous_codec_still_decodes_and_its_tables_compress():
-    """speech-16k-v1 stays for token files written with it."""
-    model = codec.load("speech-16k-v1")
-    wav, rate = load_audio(SAMPLE, 16_000)
-    data = encode_audio(model, wav, rate, 6)
-    decoded, _ = decode_bytes(model, data)
-    n = wav.shape[-1] // 400 * 400
-    assert np.corrcoef(log_spectrum(wav[0, :n]).ravel(), log_spectrum(decoded[0, :n]).ravel())[0, 1] > 0.8
-    assert len(data) < 0.85 * len(encode_audio(model, wav, rate, 6, coding="packed"))
-    assert model.codes_fingerprint != codec.load("speech-16k").codes_fingerprint

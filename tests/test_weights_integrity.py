@@ -138,3 +138,39 @@ def test_config_with_huge_sizes_is_refused_before_building(overrides):
     data = CodecConfig().to_dict() | overrides
     with pytest.raises(ModelError, match="invalid codec config"):
         CodecConfig.from_dict(data)
+
+
+def _from_history(commit: str, path: str) -> bytes:
+    import subprocess
+
+    return subprocess.run(["git", "-C", str(REPO_WEIGHTS.parent), "show", f"{commit}:{path}"],
+                          capture_output=True, check=True, timeout=60).stdout
+
+
+def test_retired_weights_are_in_the_history_and_not_installed(tmp_path):
+    """Every row of weights/retired.json names a folder that is gone from weights/ and a commit that
+    still holds its files, whose weights match their config's sha256 and give the fingerprint its
+    token files carry (checked where git and the history are at hand, as in a clone)."""
+    import hashlib
+    import subprocess
+
+    from codec.retired import retired_codecs
+
+    rows = retired_codecs([REPO_WEIGHTS])
+    assert rows, "weights/retired.json lists no retired codec"
+    for row in rows:
+        assert not (REPO_WEIGHTS / row.name).exists()
+        assert row.name not in codec.available_models()
+        assert "model.safetensors" in row.files and "config.json" in row.files
+        try:
+            files = {name: _from_history(row.commit, f"weights/{row.name}/{name}") for name in row.files}
+        except (OSError, subprocess.CalledProcessError) as error:
+            pytest.skip(f"no git history here to check {row.name} against ({error})")
+        config = json.loads(files["config.json"])
+        assert hashlib.sha256(files["model.safetensors"]).hexdigest() == config["weights_sha256"]
+        restored = tmp_path / row.name
+        restored.mkdir()
+        for name, data in files.items():
+            assert data, name
+            (restored / name).write_bytes(data)
+        assert load_pretrained(restored).fingerprint == row.model_hash  # the files its token files name
