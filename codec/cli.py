@@ -252,7 +252,7 @@ def cmd_train_codec(args) -> int:
                          complex_loss_weight=args.complex_loss_weight, grow_decoder=args.grow_decoder,
                          discriminator={} if args.disc_channels is None else {"channels": args.disc_channels},
                          discriminator_items=args.disc_items, discriminator_crop_seconds=args.disc_crop_seconds,
-                         time_limit_minutes=args.time_limit)
+                         discriminator_lr_scale=args.disc_lr_scale, time_limit_minutes=args.time_limit)
     export = train_codec(config)
     print(f"weights exported to {export}")
     return 0
@@ -339,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disc-crop-seconds", type=float, metavar="S",
                    help="with --adversarial: ... and one random window of S seconds of them (default: the whole crop; "
                         "at least the largest FFT, 0.128 s at 16 kHz)")
+    p.add_argument("--disc-lr-scale", type=float, default=1.0, metavar="X",
+                   help="with --adversarial: the discriminator's learning rate is X times the codec's (default 1)")
     p.add_argument("--warmup-steps", type=int, default=500, help="linear learning-rate warm-up (default 500)")
     p.add_argument("--init", metavar="MODEL",
                    help="start a new run from these codec weights (a shipped name or an exported folder)")

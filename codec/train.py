@@ -114,6 +114,7 @@ class TrainConfig:
     discriminator: dict = field(default_factory=dict)  # MultiScaleSTFTDiscriminator options (n_ffts, channels)
     discriminator_items: int | None = None  # items of each process's batch the discriminator sees (None: all)
     discriminator_crop_seconds: float | None = None  # a random window of this length per step (None: the whole crop)
+    discriminator_lr_scale: float = 1.0  # the discriminator's learning rate = this x the codec's (same schedule)
     codec: dict = field(default_factory=dict)
     init: str | None = None  # a fresh run starts from these codec weights (name or folder), not at random
     complex_loss_weight: float = 0.0  # x compressed complex spectral loss (asks for the phase too)
@@ -276,6 +277,8 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
     crop = int(config.crop_seconds * codec_config.sample_rate) // codec_config.hop_length * codec_config.hop_length
     if config.discriminator_items is not None and config.discriminator_items < 1:
         raise TokenwaveError(f"--disc-items must be at least 1, not {config.discriminator_items}")
+    if not config.discriminator_lr_scale > 0:
+        raise TokenwaveError(f"--disc-lr-scale must be positive, not {config.discriminator_lr_scale}")
     if config.discriminator_crop_seconds is not None and config.discriminator_crop_seconds <= 0:
         raise TokenwaveError(f"--disc-crop-seconds must be positive, not {config.discriminator_crop_seconds}")
     disc_crop = crop
@@ -293,8 +296,10 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
         window_start, window_steps = time.time(), 0
         loop_start = time.time()
         for step in bar:
-            for group in optimizer.param_groups + (d_optimizer.param_groups if d_optimizer else []):
+            for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config)
+            for group in d_optimizer.param_groups if d_optimizer else []:
+                group["lr"] = lr_at(step, config) * config.discriminator_lr_scale
             wav = draw_batch(train_set, config.seed, step, config.batch_size, crop, distributed.rank, distributed.world_size)
             wav = torch.from_numpy(wav).to(device, non_blocking=True)
             # Quantizer dropout, dead codes: the same after a resume (and different on each rank).
@@ -409,7 +414,8 @@ def _discriminator(config: TrainConfig, codec_config: CodecConfig, checkpoint: d
             raise TokenwaveError(f"the checkpoint's discriminator does not match TrainConfig.discriminator "
                                  f"{config.discriminator}: {str(error).splitlines()[0]}") from None
     discriminator.to(device)
-    d_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.9), weight_decay=0.01)
+    d_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=config.lr * config.discriminator_lr_scale,
+                                    betas=(0.5, 0.9), weight_decay=0.01)
     if has_state:
         d_optimizer.load_state_dict(checkpoint["discriminator_optimizer"])
     elif checkpoint is not None and main:
@@ -483,7 +489,8 @@ def training_record(config: TrainConfig, steps: int) -> dict:
                                  "feature_matching_weight": config.feature_matching_weight,
                                  "discriminator": dict(config.discriminator),
                                  "items": config.discriminator_items,
-                                 "crop_seconds": config.discriminator_crop_seconds}
+                                 "crop_seconds": config.discriminator_crop_seconds,
+                                 "lr_scale": config.discriminator_lr_scale}
     return record
 
 

@@ -215,7 +215,8 @@ def test_discriminator_view_is_one_window_of_the_first_items_for_real_and_fake()
 
 def test_adversarial_training_on_a_smaller_view_logs_resumes_exactly_and_records_it(tmp_path):
     manifest = make_manifest(tmp_path)
-    view = {"discriminator_items": 2, "discriminator_crop_seconds": 0.25, "adversarial_start": 0}
+    view = {"discriminator_items": 2, "discriminator_crop_seconds": 0.25, "adversarial_start": 0,
+            "discriminator_lr_scale": 3.0}
     train_codec(adversarial_config(tmp_path, manifest, steps=20, **view))
     log = losses(tmp_path)
     assert all(r["d_loss"] > 0 and r["g_fm"] > 0 for r in log)
@@ -224,13 +225,20 @@ def test_adversarial_training_on_a_smaller_view_logs_resumes_exactly_and_records
     again = losses(tmp_path)
     for key in ("loss", "d_loss", "g_adv", "g_fm"):  # the same windows after the resume
         assert abs(log[1][key] - again[2][key]) < 1e-4 * abs(log[1][key]), key
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "step_0000020.pt", map_location="cpu", weights_only=True)
+    codec_lr = checkpoint["optimizer"]["param_groups"][0]["lr"]
+    assert checkpoint["discriminator_optimizer"]["param_groups"][0]["lr"] == pytest.approx(3.0 * codec_lr)
     training = json.loads((tmp_path / "run" / "export" / "config.json").read_text())["training"]
     assert training["adversarial"]["items"] == 2 and training["adversarial"]["crop_seconds"] == 0.25
+    assert training["adversarial"]["lr_scale"] == 3.0
     assert training["adversarial"]["discriminator"]["channels"] == SMALL_DISCRIMINATOR["channels"]
 
     with pytest.raises(TokenwaveError, match="at least 512 samples"):  # the largest FFT no longer fits
         train_codec(adversarial_config(tmp_path, manifest, steps=2, discriminator_crop_seconds=0.02,
                                        out_dir=str(tmp_path / "small")))
+    with pytest.raises(TokenwaveError, match="--disc-lr-scale"):
+        train_codec(adversarial_config(tmp_path, manifest, steps=2, discriminator_lr_scale=0.0,
+                                       out_dir=str(tmp_path / "lr")))
     with pytest.raises(TokenwaveError, match="--disc-items"):
         train_codec(adversarial_config(tmp_path, manifest, steps=2, discriminator_items=0,
                                        out_dir=str(tmp_path / "none")))
