@@ -238,6 +238,14 @@ def _codec_overrides(text: str | None) -> dict:
     return overrides
 
 
+def _snr_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH in dB (for example 5,30), got {text!r}") from None
+    return low, high
+
+
 def cmd_train_codec(args) -> int:
     from codec.train import TrainConfig, train_codec
 
@@ -252,7 +260,8 @@ def cmd_train_codec(args) -> int:
                          complex_loss_weight=args.complex_loss_weight, grow_decoder=args.grow_decoder,
                          discriminator={} if args.disc_channels is None else {"channels": args.disc_channels},
                          discriminator_items=args.disc_items, discriminator_crop_seconds=args.disc_crop_seconds,
-                         discriminator_lr_scale=args.disc_lr_scale, time_limit_minutes=args.time_limit)
+                         discriminator_lr_scale=args.disc_lr_scale, time_limit_minutes=args.time_limit,
+                         noise_probability=args.noise_probability, noise_snr_db=args.noise_snr)
     export = train_codec(config)
     print(f"weights exported to {export}")
     return 0
@@ -332,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train a multi-scale STFT discriminator (adversarial + feature-matching losses)")
     p.add_argument("--adversarial-start", type=int, default=0, metavar="STEP",
                    help="with --adversarial: reconstruction losses only before this step (default 0)")
+    p.add_argument("--noise-probability", type=float, default=0.0, metavar="P",
+                   help="mix a random crop of the manifests' non-speech recordings (rows without text: music, "
+                        "nature sounds) under this share of the training crops (default 0)")
+    p.add_argument("--noise-snr", type=_snr_range, default=(5.0, 30.0), metavar="LOW,HIGH",
+                   help="signal-to-noise ratio of those mixtures in dB, drawn uniformly (default 5,30)")
     p.add_argument("--disc-channels", type=int, metavar="C",
                    help="with --adversarial: width of the discriminator's convolutions (default 32, EnCodec's)")
     p.add_argument("--disc-items", type=int, metavar="N",

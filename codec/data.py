@@ -8,7 +8,9 @@ Dev split (documented in the README; never trained on):
 - ``unseen``: every recording of the speakers in :data:`UNSEEN_SPEAKERS` (whole speakers held out),
 - ``dev``: every 20th recording (sorted by path) of each remaining speaker,
 - ``train``: the rest of the speech,
-- ``other``: manifest rows without a transcript (music, nature sounds): not used by the speech codec.
+- ``other``: manifest rows without a transcript (music, nature sounds): not used as speech; with
+  ``train-codec --noise-probability`` they are mixed under some training crops as background noise
+  (:func:`mix_noise`).
 """
 
 from __future__ import annotations
@@ -125,6 +127,27 @@ class AudioCorpus:
             piece = piece * (target_rms / rms)
             out[b, 0, : len(piece)] = np.clip(piece, -1, 1)
         return out
+
+
+def mix_noise(batch: np.ndarray, noise: AudioCorpus, rng: np.random.Generator, probability: float,
+              snr_db: tuple[float, float]) -> np.ndarray:
+    """``batch [B, 1, N]`` with, in each item with ``probability``, a random crop of ``noise`` added
+    at a signal-to-noise ratio drawn uniformly from ``snr_db`` (dB, against the item's RMS), the
+    sum clipped to [-1, 1]. The codec is then asked to reproduce the noisy mixture, so it learns
+    to code speech in background sound. Every draw comes from ``rng``, so a (seed, step)
+    generator gives the same mixtures again."""
+    out = batch.copy()
+    for b in range(len(out)):
+        if rng.random() >= probability:
+            continue
+        snr = rng.uniform(*snr_db)
+        extra = noise.batch(rng, 1, out.shape[-1])[0, 0]
+        speech_rms = float(np.sqrt(np.mean(out[b, 0] ** 2)))
+        noise_rms = float(np.sqrt(np.mean(extra**2)))
+        if noise_rms < 1e-4 or speech_rms < 1e-4:  # silent noise or crop: nothing to mix
+            continue
+        out[b, 0] = np.clip(out[b, 0] + extra * (speech_rms / noise_rms) * 10 ** (-snr / 20), -1, 1)
+    return out
 
 
 def step_rng(seed: int, step: int) -> np.random.Generator:

@@ -78,7 +78,7 @@ from tqdm import tqdm
 from codec import checkpoints
 from codec.checkpoints import RunLog, summary_writer, warmup_cosine
 from codec.config import CodecConfig
-from codec.data import AudioCorpus, read_manifest, select_split, step_rng
+from codec.data import AudioCorpus, mix_noise, read_manifest, select_split, step_rng
 from codec.discriminator import MultiScaleSTFTDiscriminator
 from codec.distributed import Distributed, no_buffer_broadcast, run_training_job, wrap_ddp
 from codec.errors import TokenwaveError
@@ -121,11 +121,15 @@ class TrainConfig:
     decoder_only: bool = False  # train the decoder alone: encoder and codebooks (the token space) stay fixed
     grow_decoder: int | None = None  # with init: this many decoder blocks, the new ones appended as identities
     time_limit_minutes: float | None = None  # stop after this much time in the loop, with a checkpoint and an export
+    noise_probability: float = 0.0  # share of training crops mixed with a non-speech recording (split "other")
+    noise_snr_db: tuple[float, float] = (5.0, 30.0)  # the mixtures' signal-to-noise ratio, drawn uniformly
 
 
 def draw_batch(corpus: AudioCorpus, seed: int, step: int, batch_size: int, crop: int,
-               rank: int = 0, world_size: int = 1) -> np.ndarray:
-    """This process's share ``[batch_size / world_size, 1, crop]`` of the global batch of ``step``.
+               rank: int = 0, world_size: int = 1, noise: AudioCorpus | None = None,
+               noise_probability: float = 0.0, noise_snr_db: tuple[float, float] = (5.0, 30.0)) -> np.ndarray:
+    """This process's share ``[batch_size / world_size, 1, crop]`` of the global batch of ``step``,
+    with ``noise`` mixed under a share ``noise_probability`` of its items (:func:`codec.data.mix_noise`).
 
     The global batch depends on (seed, step) only, whatever the number of processes."""
     if batch_size % world_size:
@@ -133,7 +137,11 @@ def draw_batch(corpus: AudioCorpus, seed: int, step: int, batch_size: int, crop:
     share = batch_size // world_size
     # The crops of item b depend on the draws for items < b, so every rank draws the whole
     # batch (cheap next to a training step) and keeps its slice.
-    return corpus.batch(step_rng(seed, step), batch_size, crop)[rank * share : (rank + 1) * share]
+    rng = step_rng(seed, step)
+    batch = corpus.batch(rng, batch_size, crop)
+    if noise is not None and noise_probability > 0:
+        batch = mix_noise(batch, noise, rng, noise_probability, noise_snr_db)
+    return batch[rank * share : (rank + 1) * share]
 
 
 def quantizer_digest(model: CodecModel) -> str:
@@ -223,6 +231,11 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
     if checkpoint and bool(checkpoint.get("decoder_only", False)) != config.decoder_only:
         mode = "with" if checkpoint.get("decoder_only", False) else "without"
         raise TokenwaveError(f"the run in {out_dir} was trained {mode} --decoder-only: resume it the same way")
+    if not 0 <= config.noise_probability <= 1:
+        raise TokenwaveError(f"--noise-probability must be in [0, 1], not {config.noise_probability}")
+    low, high = config.noise_snr_db
+    if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+        raise TokenwaveError(f"--noise-snr must be LOW,HIGH in dB with LOW <= HIGH, not {low:g},{high:g}")
     if config.time_limit_minutes is not None and not config.time_limit_minutes >= 0:
         raise TokenwaveError(f"--time-limit must be a number of minutes >= 0, not {config.time_limit_minutes}")
     if config.grow_decoder is not None and not config.init:
@@ -240,6 +253,13 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
     recordings = [r for manifest in config.manifests for r in read_manifest(manifest)]
     train_set = AudioCorpus(select_split(recordings, "train"), codec_config.sample_rate, progress=main)
     dev_set = AudioCorpus(select_split(recordings, "dev"), codec_config.sample_rate, progress=False)
+    noise_set = None
+    if config.noise_probability > 0:
+        background = select_split(recordings, "other")
+        if not background:
+            raise TokenwaveError("--noise-probability needs non-speech recordings to mix in: manifest rows "
+                                 "without a transcript (music, nature sounds)")
+        noise_set = AudioCorpus(background, codec_config.sample_rate, progress=False)
     dev_batch = torch.from_numpy(dev_set.batch(np.random.default_rng(0), 16, 2 * codec_config.sample_rate)).to(device)
     if main:
         processes = f"; {distributed.world_size} processes" if distributed.enabled else ""
@@ -300,7 +320,8 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
                 group["lr"] = lr_at(step, config)
             for group in d_optimizer.param_groups if d_optimizer else []:
                 group["lr"] = lr_at(step, config) * config.discriminator_lr_scale
-            wav = draw_batch(train_set, config.seed, step, config.batch_size, crop, distributed.rank, distributed.world_size)
+            wav = draw_batch(train_set, config.seed, step, config.batch_size, crop, distributed.rank, distributed.world_size,
+                             noise_set, config.noise_probability, tuple(config.noise_snr_db))
             wav = torch.from_numpy(wav).to(device, non_blocking=True)
             # Quantizer dropout, dead codes: the same after a resume (and different on each rank).
             torch.manual_seed(config.seed * 1_000_003 + step + distributed.rank * 7_919_993_071)
@@ -484,6 +505,8 @@ def training_record(config: TrainConfig, steps: int) -> dict:
         record["complex_loss_weight"] = config.complex_loss_weight
     if config.grow_decoder is not None:
         record["grow_decoder"] = config.grow_decoder
+    if config.noise_probability:
+        record["noise"] = {"probability": config.noise_probability, "snr_db": list(config.noise_snr_db)}
     if config.adversarial:
         record["adversarial"] = {"start": config.adversarial_start, "weight": config.adversarial_weight,
                                  "feature_matching_weight": config.feature_matching_weight,

@@ -600,12 +600,16 @@ def test_train_codec_passes_the_discriminator_and_time_options(tmp_path, monkeyp
     monkeypatch.setattr(codec.train, "train_codec", fake_train)
     argv = ["train-codec", "--manifest", "m.jsonl", "--out", str(tmp_path / "run"), "--adversarial",
             "--disc-channels", "16", "--disc-items", "4", "--disc-crop-seconds", "0.5", "--time-limit", "9.5",
-            "--disc-lr-scale", "4"]
+            "--disc-lr-scale", "4", "--noise-probability", "0.3", "--noise-snr", "10,25"]
     assert main(argv) == 0
     config = seen["config"]
     assert config.adversarial and config.discriminator == {"channels": 16}
     assert config.discriminator_items == 4 and config.discriminator_crop_seconds == 0.5
     assert config.time_limit_minutes == 9.5 and config.discriminator_lr_scale == 4.0
+    assert config.noise_probability == 0.3 and config.noise_snr_db == (10.0, 25.0)
     assert main(argv[:6]) == 0  # defaults: EnCodec's discriminator on the whole batch
     assert seen["config"].discriminator == {} and seen["config"].discriminator_items is None
-    assert seen["config"].time_limit_minutes is None
+    assert seen["config"].time_limit_minutes is None and seen["config"].noise_probability == 0.0
+    with pytest.raises(SystemExit) as usage:  # one number: a usage error
+        main(argv[:6] + ["--noise-snr", "5"])
+    assert usage.value.code == 2

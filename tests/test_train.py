@@ -122,6 +122,51 @@ def test_time_limit_stops_with_a_checkpoint_and_export_then_resume_continues(tmp
         train_codec(dataclasses.replace(limited, time_limit_minutes=-1.0, out_dir=str(tmp_path / "other")))
 
 
+def test_noise_is_mixed_at_the_drawn_snr_and_repeats_with_the_step(tmp_path):
+    from codec.data import mix_noise
+
+    rng = np.random.default_rng(0)
+    noise_folder = tmp_path / "noise"
+    noise_folder.mkdir()
+    sf.write(noise_folder / "hum.wav", (0.1 * rng.standard_normal(16_000)).astype(np.float32), 16_000)
+    noise = AudioCorpus(read_manifest(noise_folder), 16_000, progress=False)
+    speech = (0.05 * np.sin(np.arange(4 * 800) * 0.05)).astype(np.float32).reshape(4, 1, 800)
+    mixed = mix_noise(speech, noise, np.random.default_rng(1), 1.0, (10.0, 10.0))
+    for item, clean in zip(mixed, speech, strict=True):
+        added = item[0] - clean[0]
+        snr = 20 * np.log10(np.sqrt(np.mean(clean[0] ** 2)) / np.sqrt(np.mean(added**2)))
+        assert abs(snr - 10.0) < 0.1
+    assert np.array_equal(mix_noise(speech, noise, np.random.default_rng(1), 1.0, (10.0, 10.0)), mixed)
+    assert np.array_equal(mix_noise(speech, noise, np.random.default_rng(1), 0.0, (10.0, 10.0)), speech)
+    some = mix_noise(np.repeat(speech, 25, axis=0), noise, np.random.default_rng(2), 0.5, (5.0, 30.0))
+    changed = int((np.abs(some - np.repeat(speech, 25, axis=0)).max(axis=(1, 2)) > 0).sum())
+    assert 30 < changed < 70  # about half of 100 items
+
+    corpus = AudioCorpus(select_split(read_manifest(make_manifest(tmp_path)), "train"), 16_000, progress=False)
+    first = draw_batch(corpus, 0, 7, 4, 800, noise=noise, noise_probability=1.0)
+    assert np.array_equal(first, draw_batch(corpus, 0, 7, 4, 800, noise=noise, noise_probability=1.0))
+    assert not np.array_equal(first, draw_batch(corpus, 0, 7, 4, 800))
+    halves = [draw_batch(corpus, 0, 7, 4, 800, rank=r, world_size=2, noise=noise, noise_probability=1.0) for r in (0, 1)]
+    assert np.array_equal(np.concatenate(halves), first)  # the same mixtures whatever the number of processes
+
+
+def test_training_with_background_noise_records_it(tmp_path):
+    manifest = make_manifest(tmp_path)
+    rng = np.random.default_rng(3)
+    sf.write(tmp_path / "music.wav", (0.1 * rng.standard_normal(16_000)).astype(np.float32), 16_000)
+    noisy = dataclasses.replace(config(tmp_path, manifest, steps=10), noise_probability=0.5, noise_snr_db=(5.0, 20.0))
+    export = train_codec(noisy)
+    training = json.loads((export / "config.json").read_text())["training"]
+    assert training["noise"] == {"probability": 0.5, "snr_db": [5.0, 20.0]}
+    for bad, match in (({"noise_probability": 1.5}, "--noise-probability"), ({"noise_snr_db": (20.0, 5.0)}, "--noise-snr")):
+        with pytest.raises(TokenwaveError, match=match):
+            train_codec(dataclasses.replace(noisy, out_dir=str(tmp_path / "bad"), **bad))
+    speech_only = tmp_path / "speech_only.jsonl"
+    speech_only.write_text("".join(line + "\n" for line in manifest.read_text().splitlines() if '"music"' not in line))
+    with pytest.raises(TokenwaveError, match="non-speech recordings"):
+        train_codec(dataclasses.replace(noisy, manifests=[str(speech_only)], out_dir=str(tmp_path / "none")))
+
+
 def test_tensorboard_gets_the_logged_scalars(tmp_path):
     pytest.importorskip("torch.utils.tensorboard")
     manifest = make_manifest(tmp_path)
