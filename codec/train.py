@@ -231,13 +231,7 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
     if checkpoint and bool(checkpoint.get("decoder_only", False)) != config.decoder_only:
         mode = "with" if checkpoint.get("decoder_only", False) else "without"
         raise TokenwaveError(f"the run in {out_dir} was trained {mode} --decoder-only: resume it the same way")
-    if not 0 <= config.noise_probability <= 1:
-        raise TokenwaveError(f"--noise-probability must be in [0, 1], not {config.noise_probability}")
-    low, high = config.noise_snr_db
-    if not (np.isfinite(low) and np.isfinite(high) and low <= high):
-        raise TokenwaveError(f"--noise-snr must be LOW,HIGH in dB with LOW <= HIGH, not {low:g},{high:g}")
-    if config.time_limit_minutes is not None and not config.time_limit_minutes >= 0:
-        raise TokenwaveError(f"--time-limit must be a number of minutes >= 0, not {config.time_limit_minutes}")
+    _check_options(config)
     if config.grow_decoder is not None and not config.init:
         raise TokenwaveError("--grow-decoder needs --init (the model whose decoder it grows)")
     initial = initial_weights(config.init) if config.init and not checkpoint else None
@@ -295,12 +289,6 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
         d_net = wrap_ddp(discriminator, device, distributed, **no_buffer_broadcast())
     loss_fn = SpectralLoss(codec_config.sample_rate, complex_weight=config.complex_loss_weight).to(device)
     crop = int(config.crop_seconds * codec_config.sample_rate) // codec_config.hop_length * codec_config.hop_length
-    if config.discriminator_items is not None and config.discriminator_items < 1:
-        raise TokenwaveError(f"--disc-items must be at least 1, not {config.discriminator_items}")
-    if not config.discriminator_lr_scale > 0:
-        raise TokenwaveError(f"--disc-lr-scale must be positive, not {config.discriminator_lr_scale}")
-    if config.discriminator_crop_seconds is not None and config.discriminator_crop_seconds <= 0:
-        raise TokenwaveError(f"--disc-crop-seconds must be positive, not {config.discriminator_crop_seconds}")
     disc_crop = crop
     if config.discriminator_crop_seconds is not None:
         disc_crop = min(crop, int(config.discriminator_crop_seconds * codec_config.sample_rate))
@@ -371,6 +359,26 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
                                f"checkpoint and export written; --resume continues the run")
                 break
     return out_dir / "export"
+
+
+def _check_options(config: TrainConfig) -> None:
+    """One-line errors for option values out of range, before any data is loaded."""
+    low, high = config.noise_snr_db
+    problems = [
+        (not 0 <= config.noise_probability <= 1, f"--noise-probability must be in [0, 1], not {config.noise_probability}"),
+        (not (np.isfinite(low) and np.isfinite(high) and low <= high),
+         f"--noise-snr must be LOW,HIGH in dB with LOW <= HIGH, not {low:g},{high:g}"),
+        (config.time_limit_minutes is not None and not config.time_limit_minutes >= 0,
+         f"--time-limit must be a number of minutes >= 0, not {config.time_limit_minutes}"),
+        (config.discriminator_items is not None and config.discriminator_items < 1,
+         f"--disc-items must be at least 1, not {config.discriminator_items}"),
+        (not config.discriminator_lr_scale > 0, f"--disc-lr-scale must be positive, not {config.discriminator_lr_scale}"),
+        (config.discriminator_crop_seconds is not None and not config.discriminator_crop_seconds > 0,
+         f"--disc-crop-seconds must be positive, not {config.discriminator_crop_seconds}"),
+    ]
+    for failed, message in problems:
+        if failed:
+            raise TokenwaveError(message)
 
 
 def _out_of_time(start: float, minutes: float, distributed: Distributed, device: torch.device) -> bool:
