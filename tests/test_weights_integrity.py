@@ -174,3 +174,20 @@ def test_retired_weights_are_in_the_history_and_not_installed(tmp_path):
             assert data, name
             (restored / name).write_bytes(data)
         assert load_pretrained(restored).fingerprint == row.model_hash  # the files its token files name
+
+
+def test_the_tracked_tree_stays_under_64_mib():
+    """The repository's files (weights included) stay small enough to copy whole to a remote
+    training machine: 64 MiB at most (weights/README.md; retire old weights to the history,
+    weights/retired.json, rather than grow past it)."""
+    import subprocess
+
+    repo = REPO_WEIGHTS.parent
+    try:
+        listed = subprocess.run(["git", "-C", str(repo), "ls-files", "-z"], capture_output=True, check=True,
+                                timeout=60).stdout
+    except (OSError, subprocess.CalledProcessError) as error:
+        pytest.skip(f"not a git checkout here ({error})")
+    paths = [repo / name for name in listed.decode().split("\0") if name]
+    total = sum(path.stat().st_size for path in paths if path.is_file())
+    assert total <= 64 * 2**20, f"tracked files take {total / 2**20:.1f} MiB"
