@@ -9,8 +9,8 @@ on another (``dev`` by default), as held-out cross-entropy in bits per code, for
 * ``previous level``: ``p(c_k[t] | c_(k-1)[t])``, the level above in the same frame (what
   ``context`` coding uses at levels 2 .. L);
 * ``mixed``: ``a p_frame + b p_level + (1 - a - b) p_marginal``, the weights per level chosen
-  (on a 0.1 grid) on half of the fitting split after fitting the tables on its other half, never
-  on the scored split; the marginal share lets the mixture fall back where a context only adds
+  (on a 0.1 grid) on every other utterance of the fitting split after fitting the tables on the
+  rest, never on the scored split; the marginal share lets the mixture fall back where a context only adds
   noise.
 
 Rows are smoothed towards the level's marginal exactly as the context coder smooths its tables
@@ -95,8 +95,8 @@ def code_entropy(fit: list[np.ndarray], score: list[np.ndarray], codebook_size: 
     weights ``mix`` (previous frame, previous level; the marginal has the rest).
 
     ``fit``, ``score``: utterances ``[K, T]`` (all with the same K, codes in ``[0, codebook_size)``).
-    The weights are chosen on the second half of ``fit`` with tables from its first half, then the
-    tables are refitted on all of ``fit``."""
+    The weights are chosen on the odd-numbered utterances of ``fit`` with tables from the even ones,
+    then the tables are refitted on all of ``fit``."""
     if not fit or not score:
         raise TokenwaveError("code-entropy needs codes to fit the tables on and codes to score")
     levels = fit[0].shape[0]
@@ -104,8 +104,7 @@ def code_entropy(fit: list[np.ndarray], score: list[np.ndarray], codebook_size: 
         raise TokenwaveError(f"every utterance needs {levels} levels of codes")
     if any(u.size and (u.min() < 0 or u.max() >= codebook_size) for u in fit + score):
         raise TokenwaveError(f"codes must lie in [0, {codebook_size})")
-    half = max(1, len(fit) // 2)
-    first, second = fit[:half], fit[half:] or fit[:half]
+    first, second = fit[0::2], fit[1::2] or fit[0::2]  # interleaved: both halves hold every speaker
     rows = []
     for level in range(levels):
         tune = _level_probabilities(first, second, level, codebook_size)
