@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -149,15 +148,17 @@ def main(args) -> int:
     import torch
 
     import codec
+    from codec.atomic import atomic_write_text
     from codec.data import read_manifest, select_split
+    from codec.model import CodecModel
     from codec.tables import encoded_recordings
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.fit_split == args.split:
         raise TokenwaveError("--fit-split and --split must differ: the tables would be scored on their own data")
-    from codec.model import CodecModel
-
+    if args.limit is not None and args.limit < 1:
+        raise TokenwaveError(f"--limit must be at least 1, not {args.limit}")
     model = codec.load(args.model)
     if not isinstance(model, CodecModel):
         raise TokenwaveError(f"{args.model}: code-entropy measures tokenwave codecs")
@@ -173,8 +174,8 @@ def main(args) -> int:
     frames = tuple(sum(u.shape[1] for u in codes[s]) for s in (args.fit_split, args.split))
     print(report(rows, model.codebook_size, counts, frames))
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps({"model": args.model, "fit_split": args.fit_split,
-                                                    "split": args.split, "frames": frames, "levels": rows}, indent=1))
+        atomic_write_text(args.json_path, json.dumps({"model": args.model, "fit_split": args.fit_split,
+                                                      "split": args.split, "frames": frames, "levels": rows}, indent=1))
     return 0
 
 

@@ -66,3 +66,13 @@ def test_bad_codes_are_refused():
         code_entropy(good, [np.zeros((3, 5), dtype=np.int64)], N)
     with pytest.raises(TokenwaveError, match="needs codes"):
         code_entropy([], good, N)
+
+
+def test_cli_refuses_bad_options_in_one_line(capsys):
+    from codec.cli import main
+
+    for extra, message in ((["--limit", "0"], "--limit must be at least 1"),
+                           (["--fit-split", "dev"], "--fit-split and --split must differ")):
+        assert main(["code-entropy", "--model", "tiny-16k", "--manifest", "m.jsonl", *extra]) != 0
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
