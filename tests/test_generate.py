@@ -263,3 +263,34 @@ def test_text_guidance_combines_the_text_and_text_free_branches(ar):
     assert [o.tolist() for o in out] != [o.tolist() for o in unguided]
     with pytest.raises(LMError, match="text_guidance"):
         SamplingConfig(text_guidance=0.5)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_scores_are_the_log_probabilities_of_the_sampled_rows(ar, guidance):
+    phonemes, prompts = rows(4)
+    sampling = SamplingConfig(temperature=1.2, top_k=8, text_guidance=guidance)
+    out, scores = generate_ar(ar, phonemes, prompts, sampling, seed=3, max_frames=12, return_scores=True)
+    plain = generate_ar(ar, phonemes, prompts, sampling, seed=3, max_frames=12)
+    assert [o.tolist() for o in out] == [o.tolist() for o in plain]  # scoring changes nothing
+    assert any(len(o) < 12 for o in out) and any(len(o) == 12 for o in out)  # both ways of ending are scored
+    assert (scores.unconditional is None) == (guidance == 1.0)
+    for i, (p, q, o) in enumerate(zip(phonemes, prompts, out)):
+        ended_by_eos = len(o) < 12
+        tokens = o.tolist() + ([ar.eos] if ended_by_eos else [])
+        assert int(scores.frames[i]) == len(tokens)
+        expected_c = expected_u = 0.0
+        with torch.no_grad():
+            for t, token in enumerate(tokens):
+                codes = torch.cat([q, o[:t]])[None]
+                length = torch.tensor([codes.shape[1]])
+                expected_c += float(ar(p[None], torch.tensor([len(p)]), codes, length)[0, -1].log_softmax(-1)[token])
+                expected_u += float(ar(p[None, :0], torch.tensor([0]), codes, length)[0, -1].log_softmax(-1)[token])
+        assert float(scores.conditional[i]) == pytest.approx(expected_c, abs=1e-3)
+        assert float(scores.mean_log_prob()[i]) == pytest.approx(expected_c / len(tokens), abs=1e-3)
+        if guidance != 1.0:
+            assert float(scores.unconditional[i]) == pytest.approx(expected_u, abs=1e-3)
+            assert float(scores.text_information()[i]) == pytest.approx((expected_c - expected_u) / len(tokens),
+                                                                        abs=1e-3)
+    if guidance == 1.0:
+        with pytest.raises(LMError, match="text_guidance"):
+            scores.text_information()

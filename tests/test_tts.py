@@ -514,3 +514,37 @@ def test_a_codec_without_vector_decoding_falls_back_to_argmax_with_a_warning():
     with pytest.warns(TTSWarning, match="argmax"):
         synth = Synthesizer(ar, nar, CodesOnly(codec_package.load("tiny-16k")), vocab)
     assert synth.nar_decoding == "argmax"
+
+
+@pytest.mark.parametrize("score", ["text", "likelihood"])
+def test_candidates_keep_the_sample_the_ar_scores_best(score):
+    from tokenlm.generate import generate_ar
+    from tokenlm.sampling import SamplingConfig
+    from tts.synthesizer import SynthesisConfig, tiny_synthesizer
+
+    sampling = SamplingConfig(temperature=1.5, top_k=20, text_guidance=2.0, min_frames_per_phoneme=0.0,
+                              max_frames_per_phoneme=2.0)
+    synth = tiny_synthesizer(config=SynthesisConfig(sampling=sampling, candidates=3, candidate_score=score, pace=None))
+    targets = [synth._ids("Say this."), synth._ids("And that one, too.")]
+    rows = [t for t in targets for _ in range(3)]
+    # the same batch generate_ar would draw for three copies of each row, and what the AR thinks of them
+    drawn, scores = generate_ar(synth.ar, rows, [torch.zeros(0, dtype=torch.long)] * 6, sampling, seed=4,
+                                max_frames=40, return_scores=True)
+    assert len({tuple(d.tolist()) for d in drawn[:3]}) > 1  # the candidates differ
+    values = scores.text_information() if score == "text" else scores.mean_log_prob()
+    chosen = synth._sample_first_layer(targets, torch.zeros(0, dtype=torch.long), [len(t) for t in targets],
+                                       sampling, 4, 40, None)
+    for i in range(2):
+        best = int(values[3 * i : 3 * i + 3].argmax())
+        assert chosen[i].tolist() == drawn[3 * i + best].tolist()
+    # one candidate is the plain sample; and the end-to-end path runs with several
+    single = tiny_synthesizer(config=SynthesisConfig(sampling=sampling, pace=None))
+    assert [c.tolist() for c in single._sample_first_layer(targets, torch.zeros(0, dtype=torch.long),
+                                                           [len(t) for t in targets], sampling, 4, 40, None)] == [
+        d.tolist() for d in generate_ar(single.ar, targets, [torch.zeros(0, dtype=torch.long)] * 2, sampling, seed=4,
+                                        max_frames=40)]
+    result = synth.run("Say this. And that one, too.", seed=1)
+    assert result.audio.size > 0 and np.isfinite(result.audio).all()
+    for bad in ({"candidates": 0}, {"candidates": 2.5}, {"candidate_score": "wer"}):
+        with pytest.raises(TTSError, match="candidate"):
+            SynthesisConfig(**bad)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
@@ -85,7 +86,8 @@ def generate_ar(
     use_cache: bool = True,
     progress: bool = False,
     pace: Sequence[float] | None = None,
-) -> list[torch.Tensor]:
+    return_scores: bool = False,
+) -> list[torch.Tensor] | tuple[list[torch.Tensor], ARScores]:
     """Generate the first codebook layer for a batch of rows.
 
     ``phonemes``: per row a LongTensor ``[P]`` (prompt text + target text), or None with
@@ -95,7 +97,8 @@ def generate_ar(
     caps every row (required in text-free mode), ``min_frames`` overrides the minimum.
     ``pace``: per row the frames per phoneme of a paced model's text positions (ignored by other
     models); default :func:`prompt_pace`.
-    Returns per row a CPU LongTensor ``[T]`` of codes (no eos), ``1 <= T <= max``.
+    Returns per row a CPU LongTensor ``[T]`` of codes (no eos), ``1 <= T <= max``; with
+    ``return_scores`` also the rows' :class:`ARScores` (to choose among candidates).
     """
     sampling = sampling or SamplingConfig()
     config = model.config
@@ -152,9 +155,35 @@ def generate_ar(
     was_training = model.training
     model.eval()
     try:
-        return _generate(model, phonemes, prompts, limits, sampling, seed, use_cache, progress, pace)
+        codes, scores = _generate(model, phonemes, prompts, limits, sampling, seed, use_cache, progress, pace)
     finally:
         model.train(was_training)
+    return (codes, scores) if return_scores else codes
+
+
+@dataclass
+class ARScores:
+    """What the AR thought of its own rows ``[B]``: the summed log-probabilities of each row's
+    tokens (its final eos included, when it ended by one) under the model with the text
+    (``conditional``) and, when text guidance ran the text-free branch, without it
+    (``unconditional``, else None), over ``frames`` scored tokens. The untempered, untruncated
+    distributions are scored, not the sampling ones."""
+
+    conditional: torch.Tensor  # [B] float
+    unconditional: torch.Tensor | None  # [B] float
+    frames: torch.Tensor  # [B] long
+
+    def text_information(self) -> torch.Tensor:
+        """Mean pointwise mutual information per token between the row and its text, ``[B]``:
+        ``(log p(x | text) - log p(x)) / frames``; how much more the text explains the audio
+        than the audio alone. Needs the text-free branch (text guidance)."""
+        if self.unconditional is None:
+            raise LMError("text information needs both branches: generate with text_guidance > 1")
+        return (self.conditional - self.unconditional) / self.frames.clamp(min=1)
+
+    def mean_log_prob(self) -> torch.Tensor:
+        """Mean log-probability per token under the model with the text, ``[B]``."""
+        return self.conditional / self.frames.clamp(min=1)
 
 
 def prompt_pace(config, prompt_phonemes: int, prompt_frames: int) -> float:
@@ -218,15 +247,25 @@ def _generate(model: ARModel, phonemes, prompts, limits, sampling, seed, use_cac
     logits = model.logits_last(h)
     decoder = StepDecoder(model.transformer, model.head) if use_cache else None
     all_valid = torch.cat([key_valid, torch.ones(R, steps, dtype=torch.bool, device=device)], dim=1)
+    score_conditional = torch.zeros(B, device=device)
+    score_unconditional = torch.zeros(B, device=device) if guided else None
+    frames = torch.zeros(B, dtype=torch.long, device=device)
     for t in tqdm(range(steps), desc="AR", unit="frame", disable=not progress, leave=False):
         logits = logits.float()
         if guided:
             conditional, unconditional = logits.log_softmax(-1).split(B)
             logits = unconditional + sampling.text_guidance * (conditional - unconditional)
+        else:
+            conditional, unconditional = logits.log_softmax(-1), None
         logits[:, eos] = torch.where(t < min_len, float("-inf"), logits[:, eos])
         token = sample_next(logits, sampling, generator, generated[:, :t])
         token = torch.where(finished, torch.full_like(token, eos), token)
-        stop = ~finished & ((token == eos) | (t + 1 >= max_len))
+        live = ~finished
+        frames += live.long()
+        score_conditional += torch.where(live, conditional.gather(1, token[:, None])[:, 0], 0.0)
+        if guided:
+            score_unconditional += torch.where(live, unconditional.gather(1, token[:, None])[:, 0], 0.0)
+        stop = live & ((token == eos) | (t + 1 >= max_len))
         out_lengths = torch.where(stop, torch.where(token == eos, t, t + 1), out_lengths)
         generated[:, t] = token
         finished = finished | stop
@@ -245,7 +284,9 @@ def _generate(model: ARModel, phonemes, prompts, limits, sampling, seed, use_cac
             else:
                 h = model.transformer(xs, pos, None, causal=True)
             logits = model.logits_last(h)
-    return [generated[i, : int(out_lengths[i])].cpu() for i in range(B)]
+    scores = ARScores(score_conditional.cpu(), None if score_unconditional is None else score_unconditional.cpu(),
+                      frames.cpu())
+    return [generated[i, : int(out_lengths[i])].cpu() for i in range(B)], scores
 
 
 generate = generate_ar

@@ -546,6 +546,15 @@ def add_arguments(parser) -> None:
                         help="decoder input of layers 2..K: expected code vectors (default) or the argmax codes")
     parser.add_argument("--nar-temperature", type=float, default=0.5,
                         help="softmax temperature of --nar-decoding expected (default 0.5)")
+    parser.add_argument("--voice-decoder", default="auto",
+                        help="decoder of the LMs' output: 'auto' (weights/voice-decoder when it fits the codec), a "
+                             "folder from tune-voice-decoder, or 'none' (the codec's own decoder)")
+    parser.add_argument("--candidates", type=int, default=1,
+                        help="AR samples per chunk, generated in one batch; the best by --candidate-score is kept "
+                             "(default 1)")
+    parser.add_argument("--candidate-score", choices=["text", "likelihood"], default="text",
+                        help="how the AR ranks its candidates: text information per token (log p(x|text) - "
+                             "log p(x), default) or mean log-probability with the text")
     parser.add_argument("--layer-rows", metavar="K,K,...",
                         help="extra reference rows: the real recordings decoded from their first K codebooks only "
                              "(e.g. 1,2,4), the WER floor of a TTS whose NAR gets layers K+1.. wrong")
@@ -563,7 +572,9 @@ def _synthesizer(args):
                                    ("text_guidance", args.text_guidance),
                                    ("max_frames_per_phoneme", args.max_frames_per_phoneme)) if v is not None}
     config = SynthesisConfig(sampling=overrides, retries=args.retries, nar_decoding=args.nar_decoding,
-                             nar_temperature=args.nar_temperature)
+                             nar_temperature=args.nar_temperature, candidates=args.candidates,
+                             candidate_score=args.candidate_score,
+                             voice_decoder=None if args.voice_decoder == "none" else args.voice_decoder)
     device = args.device
     if device == "auto":
         from codec.distributed import resolve_device
@@ -733,7 +744,9 @@ def main(args) -> int:
              "embed_seconds_per_utterance": scorer.embed_seconds / max(1, scorer.count),
              "scorer_load_seconds": scorer_load}
     models = (f"models: AR `{args.ar or 'weights/lm-ar'}`, NAR `{args.nar or 'weights/lm-nar'}`, codec "
-              f"`{synth.codec.name}` ({synth.n_codebooks} codebooks); seed {args.seed}; "
+              f"`{synth.codec.name}` ({synth.n_codebooks} codebooks); LM output decoded by "
+              f"{'the voice decoder `' + str(synth.voice_decoder_folder) + '`' if synth.voice_decoder_folder else 'the codec'}"
+              f"; seed {args.seed}; "
               f"{torch.get_num_threads()} torch thread(s)")
     inputs = (f"{len(sentences)} sentence(s) from `{Path(args.sentence_file).name}` per voice; voices: "
               + ", ".join(f"{e.name} ({e.prompt_seconds:.1f} s prompt)" for e in entries))
@@ -743,7 +756,9 @@ def main(args) -> int:
     sampling = (f"AR sampling: temperature {used.temperature:g}, top-k {used.top_k}, top-p {used.top_p:g}, "
                 f"text guidance {used.text_guidance:g}, repetition-aware (window {used.repetition_window}, "
                 f"threshold {used.repetition_threshold}); NAR decoding: {synth.nar_decoding}"
-                + (f" (temperature {synth.config.nar_temperature:g})" if synth.nar_decoding == "expected" else ""))
+                + (f" (temperature {synth.config.nar_temperature:g})" if synth.nar_decoding == "expected" else "")
+                + (f"; best of {synth.config.candidates} AR candidates by {synth.config.candidate_score}"
+                   if synth.config.candidates > 1 else ""))
     header = [models, sampling, inputs, scorers]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.jsonl", "".join(json.dumps({k: json_safe(v) for k, v in row.items()}) + "\n"

@@ -55,6 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or its argmax codes")
     parser.add_argument("--nar-temperature", type=float, default=0.5,
                         help="softmax temperature of --nar-decoding expected (default 0.5)")
+    parser.add_argument("--voice-decoder", default="auto",
+                        help="decoder of the LMs' output: 'auto' (weights/voice-decoder when it fits the codec), a "
+                             "folder from tune-voice-decoder, or 'none' (the codec's own decoder)")
+    parser.add_argument("--candidates", type=int, default=1,
+                        help="AR samples per chunk, generated in one batch; the best by --candidate-score is kept "
+                             "(default 1)")
+    parser.add_argument("--candidate-score", choices=["text", "likelihood"], default="text",
+                        help="how the AR ranks its candidates: text information per token (log p(x|text) - "
+                             "log p(x), default) or mean log-probability with the text")
     parser.add_argument("--max-words", type=int, default=None, help="longest chunk in words (default 20)")
     parser.add_argument("--batch-size", type=int, default=8, help="chunks generated together (default 8)")
     parser.add_argument("--retries", type=int, default=2, help="regenerations of a failed chunk (default 2)")
@@ -96,7 +105,9 @@ def build_synthesizer(args):
                                    ("top_p", args.top_p), ("text_guidance", args.text_guidance)) if v is not None}
     config = SynthesisConfig(sampling=overrides, batch_size=args.batch_size, retries=args.retries,
                              no_transcript=args.no_transcript, nar_decoding=args.nar_decoding,
-                             nar_temperature=args.nar_temperature,
+                             nar_temperature=args.nar_temperature, candidates=args.candidates,
+                             candidate_score=args.candidate_score,
+                             voice_decoder=None if args.voice_decoder == "none" else args.voice_decoder,
                              **({"max_words": args.max_words} if args.max_words else {}))
     device = args.device
     if device == "auto":

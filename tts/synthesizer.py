@@ -88,6 +88,7 @@ MIN_PROMPT_SECONDS = 1.0
 PROMPT_LEVEL = (-40.0, -12.0)  # dBFS RMS over sound frames; outside, the prompt is scaled to -24
 NO_TRANSCRIPT_MODES = ("auto", "asr", "acoustic")
 NAR_DECODINGS = ("expected", "argmax")
+CANDIDATE_SCORES = ("text", "likelihood")
 TYPICAL_FRAMES_PER_PHONEME = 3.7  # median over the training speech (Kathleen 3.8, LJSpeech 3.9, synthetic 3.5)
 PROMPT_RATE_RANGE = (2.5, 8.0)  # frames per phoneme a prompt's pace is clamped to
 PAUSE_ALLOWANCE = 1.2  # a paced AR's prompt pace counts at most this x the prompt's sounding frames
@@ -113,6 +114,11 @@ class SynthesisConfig:
     pace: tuple[float, float] | None = (0.7, 1.8)  # length guards x the prompt's frames/phoneme; None: off
     nar_decoding: str = "expected"  # decoder input of layers 2..K: "expected" code vectors or "argmax" codes
     nar_temperature: float = 0.5  # softmax temperature of "expected"
+    # decoder of the LMs' output: "auto" (weights/voice-decoder when it fits the codec), a folder
+    # written by `tokenwave tune-voice-decoder`, or None (the codec's own decoder); tts.decoder_tuning
+    voice_decoder: object = "auto"
+    candidates: int = 1  # AR samples per chunk; the one the AR scores best is kept (module docstring)
+    candidate_score: str = "text"  # "text": text information per token, "likelihood": mean log-prob
 
     def __post_init__(self):
         if self.sampling is not None and not isinstance(self.sampling, (dict, SamplingConfig)):
@@ -127,6 +133,12 @@ class SynthesisConfig:
             raise TTSError(f"nar_decoding must be one of {', '.join(NAR_DECODINGS)}, got {self.nar_decoding!r}")
         if not (isinstance(self.nar_temperature, (int, float)) and 0.0 < self.nar_temperature < float("inf")):
             raise TTSError(f"nar_temperature must be a number > 0, got {self.nar_temperature!r}")
+        if self.voice_decoder is not None and not isinstance(self.voice_decoder, (str, Path)):
+            raise TTSError("voice_decoder must be 'auto', a folder or None")
+        if not (isinstance(self.candidates, int) and self.candidates >= 1):
+            raise TTSError(f"candidates must be an integer >= 1, got {self.candidates!r}")
+        if self.candidate_score not in CANDIDATE_SCORES:
+            raise TTSError(f"candidate_score must be one of {', '.join(CANDIDATE_SCORES)}, got {self.candidate_score!r}")
         if self.stream_frames < 1 or not self.max_prompt_seconds >= MIN_PROMPT_SECONDS:
             raise TTSError(f"stream_frames must be >= 1 and max_prompt_seconds >= {MIN_PROMPT_SECONDS:g}")
 
@@ -292,6 +304,30 @@ class Synthesizer:
             warnings.warn(f"codec {codec.name} cannot decode expected code vectors; NAR decoding is argmax",
                           TTSWarning, stacklevel=2)
             self.nar_decoding = "argmax"
+        self.renderer = self._voice_decoder()
+
+    def _voice_decoder(self):
+        """The codec whose decoder renders the LMs' output: the voice decoder (``config.voice_decoder``) or ``codec``."""
+        from tts.decoder_tuning import DEFAULT_DIR, has_voice_decoder, load_voice_decoder
+
+        self.voice_decoder_folder = None
+        choice = self.config.voice_decoder
+        if choice is None or not hasattr(self.codec, "decoder"):
+            if choice not in (None, "auto"):
+                raise TTSError(f"codec {self.codec.name} has no decoder a voice decoder can go on")
+            return self.codec
+        if choice == "auto":
+            if not has_voice_decoder():
+                return self.codec
+            try:
+                renderer = load_voice_decoder(self.codec)
+            except TTSError:  # made for another codec (or damaged): the codec's own decoder
+                return self.codec
+            self.voice_decoder_folder = DEFAULT_DIR
+            return renderer
+        renderer = load_voice_decoder(self.codec, choice)
+        self.voice_decoder_folder = Path(choice)
+        return renderer
 
     # -- prompts -----------------------------------------------------------------------------
     def default_voice(self) -> str:
@@ -429,7 +465,7 @@ class Synthesizer:
     def _generate(self, prompt: Prompt, targets: list[torch.Tensor], seed: int) -> list[tuple]:
         """For each row of ``targets``: layer-1..K codes ``[K, T]``, the decoder input ``[T, D]``
         (None with argmax NAR decoding, see :meth:`fill`) and "hit the length limit"."""
-        from tokenlm.generate import generate_ar, length_limits
+        from tokenlm.generate import length_limits
 
         sampling = self.paced_sampling(prompt)
         text_prompt = prompt.transcript_source != "none"
@@ -441,12 +477,33 @@ class Synthesizer:
             raise TTSError(f"the prompt ({prompt.seconds:.1f} s) leaves no room for speech in the models' "
                            f"{limit} frames")
         phonemes = [torch.cat([prefix, t]) for t in targets]
-        pace = [self.text_pace(prompt)] * len(targets) if text_prompt and self.ar.paced else None
-        first = generate_ar(self.ar, phonemes, [ar_prompt] * len(targets), sampling, seed=seed, max_frames=hard_cap,
-                            target_phonemes=[len(t) for t in targets], pace=pace)
+        pace = self.text_pace(prompt) if text_prompt and self.ar.paced else None
+        first = self._sample_first_layer(phonemes, ar_prompt, [len(t) for t in targets], sampling, seed, hard_cap,
+                                         pace)
         maxima = [length_limits(len(t), sampling, hard_cap)[1] for t in targets]
         filled = self.fill(prompt, phonemes, first)
         return [(c, v, f.numel() >= m) for (c, v), f, m in zip(filled, first, maxima)]
+
+    def _sample_first_layer(self, phonemes: list[torch.Tensor], ar_prompt: torch.Tensor, target_phonemes: list[int],
+                            sampling, seed: int, hard_cap: int, pace: float | None) -> list[torch.Tensor]:
+        """The AR's first layer ``[T]`` per row: with ``candidates`` N > 1, N samples per row in
+        one batch, of which the one with the best ``candidate_score`` is kept."""
+        from tokenlm.generate import generate_ar
+
+        n = self.config.candidates
+        score = self.config.candidate_score
+        if score == "text" and sampling.text_guidance == 1.0:
+            score = "likelihood"  # no text-free branch to compare with
+        rows = [p for p in phonemes for _ in range(n)]
+        first, scores = generate_ar(self.ar, rows, [ar_prompt] * len(rows), sampling, seed=seed, max_frames=hard_cap,
+                                    target_phonemes=[t for t in target_phonemes for _ in range(n)],
+                                    pace=None if pace is None else [pace] * len(rows),
+                                    return_scores=True)
+        if n == 1:
+            return first
+        values = (scores.text_information() if score == "text" else scores.mean_log_prob()).view(-1, n)
+        best = values.argmax(dim=1)
+        return [first[i * n + int(j)] for i, j in enumerate(best)]
 
     def fill(self, prompt: Prompt, phonemes: list[torch.Tensor], first: list[torch.Tensor]) -> list[tuple]:
         """The NAR's layers 2..K under first layers ``[T]`` (rows of ``phonemes``: the prompt's then
@@ -477,7 +534,7 @@ class Synthesizer:
             if context.shape[1]:
                 vectors = torch.cat([self.codec.code_vectors(context[None], min_frames=1)[0].float().cpu(),
                                      vectors.cpu()])
-            audio = self.codec.decode_vectors(vectors[None], length=total)
+            audio = self.renderer.decode_vectors(vectors[None], length=total)
         return audio.detach().to("cpu", torch.float32).numpy().reshape(-1)[skip:]
 
     def _finish(self, raw: np.ndarray) -> np.ndarray:
