@@ -8,7 +8,6 @@ COMMANDS = [
     ("speak", "tts.speak", "text -> speech with a built-in voice or a voice prompt"),
     ("voices", "tts.voices", "list the built-in voices"),
     ("eval-tts", "tts.evaluate", "word error rate, speaker similarity, failures and speed of the TTS"),
-    ("tune-voice-decoder", "tts.decoder_tuning", "tune the codec decoder to the NAR's output (voice decoder)"),
     ("demo", "tts.webdemo", "local web page: codec round trip and text to speech"),
 ]
 

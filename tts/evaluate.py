@@ -546,9 +546,6 @@ def add_arguments(parser) -> None:
                         help="decoder input of layers 2..K: expected code vectors (default) or the argmax codes")
     parser.add_argument("--nar-temperature", type=float, default=0.5,
                         help="softmax temperature of --nar-decoding expected (default 0.5)")
-    parser.add_argument("--voice-decoder", default="auto",
-                        help="decoder of the LMs' output: 'auto' (weights/voice-decoder when it fits the codec), a "
-                             "folder from tune-voice-decoder, or 'none' (the codec's own decoder)")
     parser.add_argument("--candidates", type=int, default=1,
                         help="AR samples per chunk, generated in one batch; the best by --candidate-score is kept "
                              "(default 1)")
@@ -573,8 +570,7 @@ def _synthesizer(args):
                                    ("max_frames_per_phoneme", args.max_frames_per_phoneme)) if v is not None}
     config = SynthesisConfig(sampling=overrides, retries=args.retries, nar_decoding=args.nar_decoding,
                              nar_temperature=args.nar_temperature, candidates=args.candidates,
-                             candidate_score=args.candidate_score,
-                             voice_decoder=None if args.voice_decoder == "none" else args.voice_decoder)
+                             candidate_score=args.candidate_score)
     device = args.device
     if device == "auto":
         from codec.distributed import resolve_device
@@ -744,9 +740,7 @@ def main(args) -> int:
              "embed_seconds_per_utterance": scorer.embed_seconds / max(1, scorer.count),
              "scorer_load_seconds": scorer_load}
     models = (f"models: AR `{args.ar or 'weights/lm-ar'}`, NAR `{args.nar or 'weights/lm-nar'}`, codec "
-              f"`{synth.codec.name}` ({synth.n_codebooks} codebooks); LM output decoded by "
-              f"{'the voice decoder `' + str(synth.voice_decoder_folder) + '`' if synth.voice_decoder_folder else 'the codec'}"
-              f"; seed {args.seed}; "
+              f"`{synth.codec.name}` ({synth.n_codebooks} codebooks); seed {args.seed}; "
               f"{torch.get_num_threads()} torch thread(s)")
     inputs = (f"{len(sentences)} sentence(s) from `{Path(args.sentence_file).name}` per voice; voices: "
               + ", ".join(f"{e.name} ({e.prompt_seconds:.1f} s prompt)" for e in entries))

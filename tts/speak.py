@@ -55,9 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or its argmax codes")
     parser.add_argument("--nar-temperature", type=float, default=0.5,
                         help="softmax temperature of --nar-decoding expected (default 0.5)")
-    parser.add_argument("--voice-decoder", default="auto",
-                        help="decoder of the LMs' output: 'auto' (weights/voice-decoder when it fits the codec), a "
-                             "folder from tune-voice-decoder, or 'none' (the codec's own decoder)")
     parser.add_argument("--candidates", type=int, default=1,
                         help="AR samples per chunk, generated in one batch; the best by --candidate-score is kept "
                              "(default 1)")
@@ -107,7 +104,6 @@ def build_synthesizer(args):
                              no_transcript=args.no_transcript, nar_decoding=args.nar_decoding,
                              nar_temperature=args.nar_temperature, candidates=args.candidates,
                              candidate_score=args.candidate_score,
-                             voice_decoder=None if args.voice_decoder == "none" else args.voice_decoder,
                              **({"max_words": args.max_words} if args.max_words else {}))
     device = args.device
     if device == "auto":
