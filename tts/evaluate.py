@@ -512,6 +512,8 @@ def results_markdown(summaries: list[dict], targets: list[dict], header: list[st
 
 
 def add_arguments(parser) -> None:
+    from tts.speak import add_candidate_arguments
+
     parser.add_argument("--voice", action="append",
                         help="built-in voice to evaluate (repeatable; default kathleen unless --prompt or "
                              "--unseen-speaker is given)")
@@ -546,12 +548,7 @@ def add_arguments(parser) -> None:
                         help="decoder input of layers 2..K: expected code vectors (default) or the argmax codes")
     parser.add_argument("--nar-temperature", type=float, default=0.5,
                         help="softmax temperature of --nar-decoding expected (default 0.5)")
-    parser.add_argument("--candidates", type=int, default=1,
-                        help="AR samples per chunk, generated in one batch; the best by --candidate-score is kept "
-                             "(default 1)")
-    parser.add_argument("--candidate-score", choices=["text", "likelihood"], default="text",
-                        help="how the AR ranks its candidates: text information per token (log p(x|text) - "
-                             "log p(x), default) or mean log-probability with the text")
+    add_candidate_arguments(parser)
     parser.add_argument("--layer-rows", metavar="K,K,...",
                         help="extra reference rows: the real recordings decoded from their first K codebooks only "
                              "(e.g. 1,2,4), the WER floor of a TTS whose NAR gets layers K+1.. wrong")

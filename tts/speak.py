@@ -55,12 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or its argmax codes")
     parser.add_argument("--nar-temperature", type=float, default=0.5,
                         help="softmax temperature of --nar-decoding expected (default 0.5)")
-    parser.add_argument("--candidates", type=int, default=1,
-                        help="AR samples per chunk, generated in one batch; the best by --candidate-score is kept "
-                             "(default 1)")
-    parser.add_argument("--candidate-score", choices=["text", "likelihood"], default="text",
-                        help="how the AR ranks its candidates: text information per token (log p(x|text) - "
-                             "log p(x), default) or mean log-probability with the text")
+    add_candidate_arguments(parser)
     parser.add_argument("--max-words", type=int, default=None, help="longest chunk in words (default 20)")
     parser.add_argument("--batch-size", type=int, default=8, help="chunks generated together (default 8)")
     parser.add_argument("--retries", type=int, default=2, help="regenerations of a failed chunk (default 2)")
@@ -72,6 +67,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="where the LMs run")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
+
+
+def add_candidate_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--candidates`` / ``--candidate-score`` (:class:`tts.synthesizer.SynthesisConfig`), shared with ``eval-tts``."""
+    parser.add_argument("--candidates", type=int, default=1,
+                        help="AR samples per chunk, generated in one batch; the best by --candidate-score is kept "
+                             "(default 1)")
+    parser.add_argument("--candidate-score", choices=["text", "likelihood"], default="text",
+                        help="how the AR ranks its candidates: text information per token (log p(x|text) - "
+                             "log p(x), default) or mean log-probability with the text")
 
 
 def read_text(args, stdin=None) -> str:
