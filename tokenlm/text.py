@@ -70,6 +70,9 @@ _TRANSLATE = str.maketrans({
 _KEEP_SYMBOLS = set("$€£¥%&+=<>")  # gruut verbalises these (currency, percent, and, plus, ...)
 _DECADE = re.compile(r"\b(1[0-9]|20)([0-9])0'?s\b")
 _HASH_NUMBER = re.compile(r"#\s*([0-9])")
+# "1E100", "2.5e-3": gruut would read scientific notation as one number, which its Decimal
+# arithmetic and num2words cannot spell beyond their precision; split it into words instead
+_EXPONENT = re.compile(r"(?<=\d)([eE])(?=[+-]?\d)")
 _SPACES = re.compile(r"\s+")
 
 
@@ -88,7 +91,7 @@ def _decade(match: re.Match) -> str:
 def clean_text(text: str) -> str:
     """Text gruut can read: NFKC, ASCII quotes, dashes to commas, accents folded, control
     characters / emoji / symbols removed (currency, %, &, +, =, <, > kept), decades and ``#N``
-    spelled out, whitespace collapsed."""
+    spelled out, scientific notation split (``1E100`` -> ``1 E 100``), whitespace collapsed."""
     if not isinstance(text, str):
         raise LMError(f"text must be a string, got {type(text).__name__}")
     if len(text) > MAX_TEXT_CHARS:
@@ -106,6 +109,7 @@ def clean_text(text: str) -> str:
     text = unicodedata.normalize("NFC", "".join(out))
     text = _DECADE.sub(_decade, text)
     text = _HASH_NUMBER.sub(r"number \1", text)
+    text = _EXPONENT.sub(r" \1 ", text)
     return _SPACES.sub(" ", text).strip()
 
 
