@@ -65,14 +65,15 @@ _TRANSLATE = str.maketrans({
     "‘": "'", "’": "'", "‚": "'", "‛": "'", "′": "'", "`": "'", "´": "'",
     "“": '"', "”": '"', "„": '"', "‟": '"', "″": '"', "«": '"', "»": '"',
     "—": ", ", "–": ", ", "―": ", ", "‒": ", ", "…": "...", "⁄": "/",
-    "\t": " ", "\n": " ", "\r": " ", "\u00a0": " ",
+    "\t": " ", "\n": " ", "\r": " ", "\u00a0": " ", "_": " ",
 })
 _KEEP_SYMBOLS = set("$€£¥%&+=<>")  # gruut verbalises these (currency, percent, and, plus, ...)
 _DECADE = re.compile(r"\b(1[0-9]|20)([0-9])0'?s\b")
 _HASH_NUMBER = re.compile(r"#\s*([0-9])")
 # "1E100", "2.5e-3": gruut would read scientific notation as one number, which its Decimal
 # arithmetic and num2words cannot spell beyond their precision; split it into words instead
-_EXPONENT = re.compile(r"(?<=\d)([eE])(?=[+-]?\d)")
+_EXPONENT = re.compile(r"(?<=\d)([eE])(?![A-Za-z])")  # also "1E,100": gruut drops the comma
+_DIGITS_APART = re.compile(r"(?<=\d)(?=[^\d\s.,])|(?<=[^\d\s.,])(?=\d)")  # the fallback of _words
 _SPACES = re.compile(r"\s+")
 
 
@@ -157,12 +158,16 @@ def _words(text: str) -> list:
         # longer number raises InvalidOperation, so give it as many digits as the text has.
         context.prec = max(context.prec, len(text) + 28)
         processor = _processor()
-        try:
-            graph, root = processor(text, lang="en_US")
-            return [word for sentence in processor.sentences(graph, root) for word in sentence]
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError, RuntimeError, RecursionError,
-                ArithmeticError) as error:  # ArithmeticError: num2words refuses numbers of 10**306 and more
-            raise LMError(f"gruut cannot process this text ({type(error).__name__}: {error})") from None
+        for attempt in (text, _DIGITS_APART.sub(" ", text)):
+            try:
+                graph, root = processor(attempt, lang="en_US")
+                return [word for sentence in processor.sentences(graph, root) for word in sentence]
+            except ArithmeticError as error:  # a number beyond num2words (10**306) or Decimal's precision:
+                failure = error  # try again with digits apart from letters and signs (scientific notation)
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError, RuntimeError, RecursionError) as error:
+                failure = error
+                break
+        raise LMError(f"gruut cannot process this text ({type(failure).__name__}: {failure})") from None
 
 
 def normalize_text(text: str) -> str:
