@@ -126,6 +126,7 @@ def test_long_numbers_are_spelled_out_or_refused_cleanly():
     assert normalize_text("2.5e-3 and 1E99999").startswith("two point five e minus three and one E ninety")
     for odd in ("1E,100", "1_E33", "7e+9_9", "3E" + "9" * 50):  # other spellings gruut takes for one number
         check_structure(phonemize(odd))
+    assert normalize_text("1_000") == "one thousand."  # an underscore in a number that gruut can spell stays as it was
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

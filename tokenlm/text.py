@@ -65,15 +65,17 @@ _TRANSLATE = str.maketrans({
     "‘": "'", "’": "'", "‚": "'", "‛": "'", "′": "'", "`": "'", "´": "'",
     "“": '"', "”": '"', "„": '"', "‟": '"', "″": '"', "«": '"', "»": '"',
     "—": ", ", "–": ", ", "―": ", ", "‒": ", ", "…": "...", "⁄": "/",
-    "\t": " ", "\n": " ", "\r": " ", "\u00a0": " ", "_": " ",
+    "\t": " ", "\n": " ", "\r": " ", "\u00a0": " ",
 })
 _KEEP_SYMBOLS = set("$€£¥%&+=<>")  # gruut verbalises these (currency, percent, and, plus, ...)
 _DECADE = re.compile(r"\b(1[0-9]|20)([0-9])0'?s\b")
 _HASH_NUMBER = re.compile(r"#\s*([0-9])")
 # "1E100", "2.5e-3": gruut would read scientific notation as one number, which its Decimal
-# arithmetic and num2words cannot spell beyond their precision; split it into words instead
+# arithmetic and num2words cannot spell beyond their precision; it is read as words instead, the
+# same at every magnitude
 _EXPONENT = re.compile(r"(?<=\d)([eE])(?![A-Za-z])")  # also "1E,100": gruut drops the comma
-_DIGITS_APART = re.compile(r"(?<=\d)(?=[^\d\s.,])|(?<=[^\d\s.,])(?=\d)")  # the fallback of _words
+# what else gruut takes for one unspellable number ("1_E33"): _words retries with digits set apart
+_DIGITS_APART = re.compile(r"(?<=\d)(?=[^\d\s.,])|(?<=[^\d\s.,])(?=\d)")
 _SPACES = re.compile(r"\s+")
 
 
