@@ -14,6 +14,7 @@ import pytest
 from codec.cli import main as cli_main
 from tts.errors import TTSError
 from tts.evaluate import (
+    DEV_SENTENCES_FILE,
     SENTENCES_FILE,
     char_edits,
     cosine,
@@ -109,6 +110,24 @@ def test_recognition_does_not_depend_on_what_was_decoded_before():
     for wav in wavs[1:]:
         recognizer.transcribe(wav, 16_000)
     assert recognizer.transcribe(wavs[0], 16_000) == first == Recognizer().transcribe(wavs[0], 16_000)
+
+
+def test_dev_sentences_are_the_documented_pick_and_apart_from_the_test_set():
+    from codec.synthetic import pick_sentences, sentence_key
+
+    dev = read_sentences(DEV_SENTENCES_FILE)
+    test_set = {sentence_key(s) for s in read_sentences(SENTENCES_FILE)}
+    assert len(dev) == 60 and not {sentence_key(s) for s in dev} & test_set
+    texts = sorted((SHARED / "text").glob("*.txt"))
+    if not texts or not (SHARED / "manifest.jsonl").is_file():
+        pytest.skip("the shared sentences are not available here")
+    from codec.synthetic import read_sentences as read_text_files
+
+    rows = [json.loads(line) for line in (SHARED / "manifest.jsonl").read_text().splitlines()]
+    spoken = {sentence_key(row.get("text") or "") for row in rows}
+    order = pick_sentences(read_text_files(texts), None, seed=0, exclude=read_text_files([SENTENCES_FILE]))
+    rebuilt = [s for s in order[3000:] if 6 <= len(s.split()) <= 20 and sentence_key(s) not in spoken]
+    assert rebuilt[:60] == dev
 
 
 def test_layer_rows_option():

@@ -78,6 +78,7 @@ from codec.evaluate import json_safe
 from tts.errors import TTSError
 
 SENTENCES_FILE = Path(__file__).resolve().parent / "eval_sentences.txt"
+DEV_SENTENCES_FILE = Path(__file__).resolve().parent / "dev_sentences.txt"  # for trying changes first
 DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "manifest.jsonl"
 RESULT_FILES = ("results.md", "results.jsonl")
 EVAL_RATE = 16_000
