@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import inspect
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,12 @@ class Distributed:
         tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
         dist.all_reduce(tensor)
         return dict(zip(values, (tensor / self.world_size).tolist()))
+
+    def past_time_limit(self, start: float, minutes: float, device: torch.device) -> bool:
+        """Whether any process has spent ``minutes`` since ``start`` (``time.time()``); every
+        process gets the same answer, so all stop at the same step."""
+        late = float(time.time() - start >= 60.0 * minutes)
+        return self.mean({"late": late}, device)["late"] > 0
 
     def check_same_step(self, step: int, device: torch.device) -> None:
         """Raise unless every process resumed from the same step."""

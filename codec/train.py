@@ -341,7 +341,7 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
                         tqdm.write(json.dumps(record))
                     log.write(record)
             out_of_time = (config.time_limit_minutes is not None and (step + 1) % 10 == 0
-                           and _out_of_time(loop_start, config.time_limit_minutes, distributed, device))
+                           and distributed.past_time_limit(loop_start, config.time_limit_minutes, device))
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or out_of_time:
                 _check_codebooks_agree(model, distributed, device)
                 if main:
@@ -379,12 +379,6 @@ def _check_options(config: TrainConfig) -> None:
     for failed, message in problems:
         if failed:
             raise TokenwaveError(message)
-
-
-def _out_of_time(start: float, minutes: float, distributed: Distributed, device: torch.device) -> bool:
-    """Whether any process has spent ``minutes`` in the training loop (all processes get the same answer)."""
-    late = float(time.time() - start >= 60.0 * minutes)
-    return distributed.mean({"late": late}, device)["late"] > 0
 
 
 def initial_weights(name_or_path: str) -> CodecModel:

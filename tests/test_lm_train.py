@@ -6,6 +6,7 @@ tests/test_lm_train_ddp.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import torch
 
 from codec.errors import TokenwaveError
 from tokenlm.data import LMCorpus, batch_digest, rank_slice, split_utterances, training_utterances
+from tokenlm.errors import LMError
 from tokenlm.train import TrainLMConfig, train_lm
 
 CODEC_INFO = {"name": "tiny-16k", "fingerprint": "0123456789abcdef", "sample_rate": 16000, "frame_rate": 50.0,
@@ -197,6 +199,22 @@ def test_the_ar_learns_patterned_codes(tmp_path):
     assert log[-1]["dev_accuracy_1"] > 0.2  # chance: 1/65
 
 
+def test_time_limit_stops_with_a_checkpoint_and_export_then_resume_continues(tmp_path, capsys):
+    from tokenlm.pretrained import read_lm_info
+
+    shards = make_shards(tmp_path / "shards")
+    out = tmp_path / "run"
+    limited = config(shards, out, "nar", steps=20, checkpoint_every=15, eval_every=15, time_limit_minutes=0)
+    train_lm(limited)
+    assert "time limit of 0 min reached after step 10" in capsys.readouterr().out
+    assert [p.name for p in sorted((out / "checkpoints").glob("*.pt"))] == ["step_0000010.pt"]
+    assert read_lm_info(out / "export")["extra"]["training"]["steps"] == 10
+    train_lm(dataclasses.replace(limited, time_limit_minutes=None))
+    assert [r["step"] for r in read_log(out)] == list(range(1, 21))
+    with pytest.raises(LMError, match="--time-limit"):
+        config(shards, tmp_path / "other", "ar", steps=5, time_limit_minutes=-1.0)
+
+
 def test_several_shard_folders_merge_and_best_keeps_the_lowest_dev_loss_across_resumes(tmp_path):
     from tokenlm.pretrained import read_lm_info
     from tokenlm.shards import write_shard
@@ -244,6 +262,9 @@ def test_init_starts_a_new_run_from_exported_weights_on_another_codecs_shards(tm
     with pytest.raises(TokenwaveError, match="come from another codec"):  # --resume refuses it ...
         train_lm(config(other, tmp_path / "first", "ar", steps=8))
     init = tmp_path / "first" / "export"
+    assert "sampling" not in read_lm_info(init)
+    recommended = {"temperature": 0.5, "top_k": 10, "text_guidance": 3.0}  # as added by hand after an evaluation
+    (init / "config.json").write_text(json.dumps(read_lm_info(init) | {"sampling": recommended}))
     out = tmp_path / "tuned"  # ... --init starts from the weights: one step at a negligible rate keeps them
     train_lm(config(other, out, "ar", steps=1, lr=1e-12, warmup_steps=0, checkpoint_every=1, init=str(init),
                     model=TINY_MODEL | {"d_model": 64}))  # model options come from the weights
@@ -252,6 +273,8 @@ def test_init_starts_a_new_run_from_exported_weights_on_another_codecs_shards(tm
     info = read_lm_info(out / "export")
     assert info["codec"]["fingerprint"] == "fedcba9876543210" and info["extra"]["training"]["init"] == str(init)
     assert info["lm"]["d_model"] == TINY_MODEL["d_model"]
+    # The fine-tune keeps the decoding its start was tuned for (speak / eval-tts read it).
+    assert info["sampling"] == recommended and info["extra"]["training"]["sampling_from"] == str(init)
     # A bad starting point is a one-line error.
     with pytest.raises(TokenwaveError, match="a nar model is needed"):
         train_lm(config(other, tmp_path / "nar", "nar", steps=1, init=str(init)))

@@ -43,12 +43,14 @@ def _vocab_dict(vocab) -> dict:
 
 
 def save_lm(
-    model: ARModel | NARModel, folder: str | Path, vocab, extra: dict | None = None, codec: dict | None = None
+    model: ARModel | NARModel, folder: str | Path, vocab, extra: dict | None = None, codec: dict | None = None,
+    sampling: dict | None = None,
 ) -> Path:
     """Write ``model.safetensors`` (float16) and ``config.json`` into ``folder`` (atomically per file).
 
     ``vocab``: a :class:`tokenlm.text.PhonemeVocab` or its ``to_dict()``; ``codec``: the codec
-    info of the training shards (name, fingerprint, sample_rate, ...); ``extra``: JSON-able.
+    info of the training shards (name, fingerprint, sample_rate, ...); ``extra``: JSON-able;
+    ``sampling``: the recommended decoding (:class:`tokenlm.sampling.SamplingConfig` fields).
     """
     if getattr(model, "kind", None) not in MODELS:
         raise LMError("save_lm needs an ARModel or a NARModel")
@@ -60,6 +62,11 @@ def save_lm(
         "codec": dict(codec or {}),
         "extra": dict(extra or {}),
     }
+    if sampling is not None:
+        from tokenlm.sampling import SamplingConfig
+
+        SamplingConfig.from_dict(sampling)  # validates
+        config["sampling"] = dict(sampling)
     return write_weights(model, folder, config)
 
 

@@ -14,7 +14,7 @@
   CUDA the forward pass runs under autocast (bf16 where supported, else fp16 with a gradient
   scaler); the CPU trains in float32.
 - **Checkpoints** (:mod:`codec.checkpoints`): ``OUT/checkpoints/step_XXXXXXX.pt`` every
-  ``checkpoint_every`` steps and at the end, atomic, the newest 3 kept, with model, optimizer
+  ``checkpoint_every`` steps, at the end and when ``--time-limit`` runs out, atomic, the newest 3 kept, with model, optimizer
   (and gradient scaler) state, the LM config, vocab and codec info. ``--resume`` continues from
   the newest readable one (a corrupted newest one falls back to the previous one). Since the
   batch of step s depends on (seed, s) only and torch's generator (dropout, the NAR's prompt
@@ -23,7 +23,7 @@
   the data and random draws are the same, but some kernels, e.g. embedding gradients, are not
   deterministic). Changing the data options on resume changes the data order (with a note).
   Each checkpoint also exports ``OUT/export/`` with :func:`tokenlm.pretrained.save_lm` (float16
-  weights, vocab, codec info), ready for ``tokenwave continue --ar/--nar`` or to copy into
+  weights, vocab, codec info; with ``--init``, that LM's ``sampling`` entry), ready for ``tokenwave continue --ar/--nar`` or to copy into
   ``weights/``. ``OUT/best/`` is the export of the evaluation with the lowest dev loss so far
   (:class:`BestExport`; early stopping for a run that overfits).
 - **Data from several corpora**: ``--shards`` repeated merges the folders (one codec and
@@ -98,6 +98,7 @@ class TrainLMConfig:
     seed: int = 0
     threads: int | None = None
     resume: bool = False
+    time_limit_minutes: float | None = None  # stop after this long in the loop, with a checkpoint and an export
     init: str | None = None  # start a new run from these exported LM weights (e.g. on a refitted codec's tokens)
     remap_codes: bool = False  # with init: re-index its code rows to a refitted codec (tokenlm/remap.py)
     paced_text: bool = False  # AR, new runs: paced phoneme positions (LMConfig.text_pace from the training data)
@@ -123,6 +124,8 @@ class TrainLMConfig:
             f"--precision must be auto, fp32, bf16 or fp16, got {self.precision!r}":
                 self.precision in ("auto", "fp32", "bf16", "fp16"),
             "keep_checkpoints must be >= 1": self.keep_checkpoints >= 1,
+            f"--time-limit must be a number of minutes >= 0, not {self.time_limit_minutes}":
+                self.time_limit_minutes is None or self.time_limit_minutes >= 0,
         }
         for message, ok in checks.items():
             if not ok:
@@ -353,6 +356,7 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
         bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=f"train-lm {config.stage}",
                    unit="step", disable=not main, dynamic_ncols=True)
         window = _Window()
+        loop_start = time.time()
         for step in bar:
             lr = warmup_cosine(step, config.lr, config.warmup_steps, config.steps)
             for group in optimizer.param_groups:
@@ -400,13 +404,20 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
                     best.save(model, vocab, codec_info, config, step + 1)
             if record and main:
                 log.write({"step": step + 1} | record)
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            out_of_time = (config.time_limit_minutes is not None and (step + 1) % 10 == 0
+                           and distributed.past_time_limit(loop_start, config.time_limit_minutes, device))
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or out_of_time:
                 if main:
                     extra = {} if scaler is None else {"scaler": scaler.state_dict()}
                     checkpoints.save_checkpoint(out_dir, step + 1, state | extra | {
                         "model": model.state_dict(), "optimizer": optimizer.state_dict()}, config.keep_checkpoints)
                     export(model, out_dir / "export", vocab, codec_info, config, step + 1)
                 distributed.barrier()  # the others wait for the checkpoint and the export
+            if out_of_time:
+                if main:
+                    tqdm.write(f"time limit of {config.time_limit_minutes:g} min reached after step {step + 1}: "
+                               f"checkpoint and export written; --resume continues the run")
+                break
     return out_dir / "export"
 
 
@@ -481,7 +492,25 @@ def export(model: torch.nn.Module, folder: Path, vocab, codec_info: dict, config
             training["remap_codes"] = True
     if best is not None:
         training["best"] = best
-    return save_lm(model, folder, vocab, extra={"training": training}, codec=dict(codec_info))
+    sampling = _init_sampling(config)
+    if sampling is not None:
+        training["sampling_from"] = str(config.init)
+    return save_lm(model, folder, vocab, extra={"training": training}, codec=dict(codec_info), sampling=sampling)
+
+
+def _init_sampling(config: TrainLMConfig) -> dict | None:
+    """The ``sampling`` entry of the ``--init`` LM (the decoding it was tuned for), which a
+    fine-tune's exports keep: without it ``speak`` and ``eval-tts`` would fall back to plain
+    sampling, far from what the weights were evaluated with. None without one (or if the
+    ``--init`` folder is gone by a later resume)."""
+    from tokenlm.pretrained import read_lm_info
+
+    if not config.init:
+        return None
+    try:
+        return read_lm_info(config.init).get("sampling")
+    except LMError:
+        return None
 
 
 def dev_loss(record: dict) -> float | None:
@@ -606,6 +635,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {defaults.max_seconds:g})")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                        help="stop after this many minutes of training with a checkpoint and an export (checked every "
+                             "10 steps; --resume continues; the learning-rate schedule still follows --steps)")
     parser.add_argument("--init", default=None, metavar="LM",
                         help="start a new run from this exported AR/NAR folder (its model options, fresh optimizer "
                              "and schedule); its codec may differ from the shards' (fine-tuning after a codec change)")
@@ -636,7 +668,9 @@ def config_from_args(args: argparse.Namespace) -> TrainLMConfig:
         lr=args.lr, warmup_steps=args.warmup, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
         log_every=args.log_every, text_free_prob=args.text_free_prob, guided_attention=args.guided_attention,
         guided_sigma=args.guided_sigma, nar_stage_decay=args.nar_stage_decay, max_seconds=args.max_seconds, seed=args.seed,
-        threads=args.threads, resume=args.resume, init=args.init, remap_codes=args.remap_codes, paced_text=args.paced_text, device=args.device, precision=args.precision, model=model,
+        threads=args.threads, resume=args.resume, time_limit_minutes=args.time_limit, init=args.init,
+        remap_codes=args.remap_codes, paced_text=args.paced_text, device=args.device, precision=args.precision,
+        model=model,
     )
 
 
