@@ -275,6 +275,11 @@ def test_init_starts_a_new_run_from_exported_weights_on_another_codecs_shards(tm
     assert info["lm"]["d_model"] == TINY_MODEL["d_model"]
     # The fine-tune keeps the decoding its start was tuned for (speak / eval-tts read it).
     assert info["sampling"] == recommended and info["extra"]["training"]["sampling_from"] == str(init)
+    # ... also after a resume that no longer names --init (the entry travels in the checkpoints)
+    train_lm(config(other, out, "ar", steps=2, lr=1e-12, warmup_steps=0, checkpoint_every=1))
+    resumed = read_lm_info(out / "export")
+    assert resumed["extra"]["training"]["steps"] == 2 and resumed["sampling"] == recommended
+    assert resumed["extra"]["training"]["sampling_from"] == str(init)
     # A bad starting point is a one-line error.
     with pytest.raises(TokenwaveError, match="a nar model is needed"):
         train_lm(config(other, tmp_path / "nar", "nar", steps=1, init=str(init)))

@@ -14,18 +14,20 @@
   CUDA the forward pass runs under autocast (bf16 where supported, else fp16 with a gradient
   scaler); the CPU trains in float32.
 - **Checkpoints** (:mod:`codec.checkpoints`): ``OUT/checkpoints/step_XXXXXXX.pt`` every
-  ``checkpoint_every`` steps, at the end and when ``--time-limit`` runs out, atomic, the newest 3 kept, with model, optimizer
-  (and gradient scaler) state, the LM config, vocab and codec info. ``--resume`` continues from
-  the newest readable one (a corrupted newest one falls back to the previous one). Since the
+  ``checkpoint_every`` steps, at the end and when ``--time-limit`` runs out, atomic, the newest 3
+  kept, with model, optimizer (and gradient scaler) state, the LM config, vocab and codec info.
+  ``--resume`` continues from the newest readable one (a corrupted newest one falls back to the
+  previous one). Since the
   batch of step s depends on (seed, s) only and torch's generator (dropout, the NAR's prompt
   and layer draws) is reseeded from (seed, step, rank) at every step, a resumed run repeats
   exactly what an uninterrupted one does, also after ``kill -9`` (bit for bit on the CPU; on CUDA
   the data and random draws are the same, but some kernels, e.g. embedding gradients, are not
   deterministic). Changing the data options on resume changes the data order (with a note).
   Each checkpoint also exports ``OUT/export/`` with :func:`tokenlm.pretrained.save_lm` (float16
-  weights, vocab, codec info; with ``--init``, that LM's ``sampling`` entry), ready for ``tokenwave continue --ar/--nar`` or to copy into
-  ``weights/``. ``OUT/best/`` is the export of the evaluation with the lowest dev loss so far
-  (:class:`BestExport`; early stopping for a run that overfits).
+  weights, vocab, codec info; with ``--init``, that LM's ``sampling`` entry), ready for
+  ``tokenwave continue --ar/--nar`` or to copy into ``weights/``. ``OUT/best/`` is the export of
+  the evaluation with the lowest dev loss so far (:class:`BestExport`; early stopping for a run
+  that overfits).
 - **Data from several corpora**: ``--shards`` repeated merges the folders (one codec and
   phoneme vocabulary; utterance ids unique).
 - **Logs**: ``OUT/log.jsonl`` every ``log_every`` steps (loss, accuracy, grad norm, lr,
@@ -337,6 +339,8 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
             scaler.load_state_dict(checkpoint["scaler"])
         if main:
             tqdm.write(f"resumed from step {start}")
+    # Read once per run and kept in the checkpoints, so a resume without --init still exports it.
+    init_sampling = (checkpoint or {}).get("init_sampling") or _init_sampling(config)
     del checkpoint
     distributed.check_same_step(start, device)
     net = wrap_ddp(model, device, distributed)
@@ -349,7 +353,7 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
     best = BestExport(out_dir / "best", zlib.crc32(b"".join(
         batch_digest(rows).to_bytes(4, "little") for rows in dev_batches)))
     state = {"stage": config.stage, "lm": lm_config.to_dict(), "codec": dict(codec_info),
-             "vocab": vocab.to_dict(), "train": dataclasses.asdict(config)}
+             "vocab": vocab.to_dict(), "train": dataclasses.asdict(config), "init_sampling": init_sampling}
 
     with contextlib.closing(RunLog(out_dir, start, enabled=main)) as log:
         net.train()
@@ -401,7 +405,7 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
                 tqdm.write(json.dumps({"step": step + 1} | {k: round(v, 4) for k, v in record.items()
                                                             if isinstance(v, float)}))
                 if best.improves(record):
-                    best.save(model, vocab, codec_info, config, step + 1)
+                    best.save(model, vocab, codec_info, config, step + 1, init_sampling)
             if record and main:
                 log.write({"step": step + 1} | record)
             out_of_time = (config.time_limit_minutes is not None and (step + 1) % 10 == 0
@@ -411,7 +415,7 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
                     extra = {} if scaler is None else {"scaler": scaler.state_dict()}
                     checkpoints.save_checkpoint(out_dir, step + 1, state | extra | {
                         "model": model.state_dict(), "optimizer": optimizer.state_dict()}, config.keep_checkpoints)
-                    export(model, out_dir / "export", vocab, codec_info, config, step + 1)
+                    export(model, out_dir / "export", vocab, codec_info, config, step + 1, init_sampling)
                 distributed.barrier()  # the others wait for the checkpoint and the export
             if out_of_time:
                 if main:
@@ -480,8 +484,9 @@ def remap_init_codes(model: torch.nn.Module, folder: str, codec_info: dict) -> d
 
 
 def export(model: torch.nn.Module, folder: Path, vocab, codec_info: dict, config: TrainLMConfig, step: int,
-           best: dict | None = None) -> Path:
-    """Float16 weights + config (vocab, codec info, training summary) for inference."""
+           init_sampling: dict | None = None, best: dict | None = None) -> Path:
+    """Float16 weights + config (vocab, codec info, training summary) for inference;
+    ``init_sampling`` (:func:`_init_sampling`) gives the config its ``sampling`` entry."""
     from tokenlm.pretrained import save_lm
 
     training = {"stage": config.stage, "steps": step, "batch_frames": config.batch_frames,
@@ -492,25 +497,27 @@ def export(model: torch.nn.Module, folder: Path, vocab, codec_info: dict, config
             training["remap_codes"] = True
     if best is not None:
         training["best"] = best
-    sampling = _init_sampling(config)
-    if sampling is not None:
-        training["sampling_from"] = str(config.init)
+    sampling = None
+    if init_sampling is not None:
+        training["sampling_from"] = init_sampling["from"]
+        sampling = init_sampling["sampling"]
     return save_lm(model, folder, vocab, extra={"training": training}, codec=dict(codec_info), sampling=sampling)
 
 
 def _init_sampling(config: TrainLMConfig) -> dict | None:
-    """The ``sampling`` entry of the ``--init`` LM (the decoding it was tuned for), which a
-    fine-tune's exports keep: without it ``speak`` and ``eval-tts`` would fall back to plain
-    sampling, far from what the weights were evaluated with. None without one (or if the
-    ``--init`` folder is gone by a later resume)."""
+    """``{"sampling": ..., "from": folder}``: the ``sampling`` entry of the ``--init`` LM (the
+    decoding it was tuned for), which a fine-tune's exports keep: without it ``speak`` and
+    ``eval-tts`` would fall back to plain sampling, far from what the weights were evaluated with.
+    None without one (or if the ``--init`` folder is unreadable)."""
     from tokenlm.pretrained import read_lm_info
 
     if not config.init:
         return None
     try:
-        return read_lm_info(config.init).get("sampling")
+        sampling = read_lm_info(config.init).get("sampling")
     except LMError:
         return None
+    return None if sampling is None else {"sampling": sampling, "from": str(config.init)}
 
 
 def dev_loss(record: dict) -> float | None:
@@ -545,8 +552,9 @@ class BestExport:
         self.loss = loss
         return True
 
-    def save(self, model: torch.nn.Module, vocab, codec_info: dict, config: TrainLMConfig, step: int) -> Path:
-        return export(model, self.folder, vocab, codec_info, config, step,
+    def save(self, model: torch.nn.Module, vocab, codec_info: dict, config: TrainLMConfig, step: int,
+             init_sampling: dict | None = None) -> Path:
+        return export(model, self.folder, vocab, codec_info, config, step, init_sampling,
                       best={"step": step, "dev_loss": self.loss, "dev_set": self.dev_set})
 
 
