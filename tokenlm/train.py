@@ -17,12 +17,12 @@
   ``checkpoint_every`` steps, at the end and when ``--time-limit`` runs out, atomic, the newest 3
   kept, with model, optimizer (and gradient scaler) state, the LM config, vocab and codec info.
   ``--resume`` continues from the newest readable one (a corrupted newest one falls back to the
-  previous one). Since the
-  batch of step s depends on (seed, s) only and torch's generator (dropout, the NAR's prompt
-  and layer draws) is reseeded from (seed, step, rank) at every step, a resumed run repeats
-  exactly what an uninterrupted one does, also after ``kill -9`` (bit for bit on the CPU; on CUDA
-  the data and random draws are the same, but some kernels, e.g. embedding gradients, are not
-  deterministic). Changing the data options on resume changes the data order (with a note).
+  previous one). Since the batch of step s depends on (seed, s) only and torch's generator
+  (dropout, the NAR's prompt and layer draws) is reseeded from (seed, step, rank) at every step,
+  a resumed run repeats exactly what an uninterrupted one does, also after ``kill -9`` (bit for
+  bit on the CPU; on CUDA the data and random draws are the same, but some kernels, e.g.
+  embedding gradients, are not deterministic). Changing the data options on resume changes the
+  data order (with a note).
   Each checkpoint also exports ``OUT/export/`` with :func:`tokenlm.pretrained.save_lm` (float16
   weights, vocab, codec info; with ``--init``, that LM's ``sampling`` entry), ready for
   ``tokenwave continue --ar/--nar`` or to copy into ``weights/``. ``OUT/best/`` is the export of
