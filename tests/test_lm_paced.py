@@ -1,6 +1,7 @@
-"""Paced text positions of the AR (``LMConfig.text_pace``): phoneme j at ``j * pace``, audio
-input t at t. Training (teacher forcing), batched and cached generation must all place every
-token at the same position, and the trainer's ``--paced-text`` takes the pace from its data."""
+"""Paced text positions (``LMConfig.text_pace``). AR: phoneme j at ``j * pace``, audio input t
+at t; training (teacher forcing), batched and cached generation must all place every token at
+the same position, and the trainer's ``--paced-text`` takes the pace from its data. NAR: each
+row paced by its own frames, from where its text starts (the prompt's transcript or not)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from lm_helpers import NPH, V, lively, tiny_config
 
 from tokenlm.ar import ARModel
 from tokenlm.errors import LMError
-from tokenlm.generate import generate_ar, prompt_pace
+from tokenlm.generate import generate_ar, nar_fill, prompt_pace
+from tokenlm.nar import NARModel
 from tokenlm.sampling import SamplingConfig
 
 GREEDY = SamplingConfig(temperature=0)
@@ -117,5 +119,38 @@ def test_paced_text_training_takes_the_median_pace_of_the_data(tmp_path):
     assert read_lm_info(out / "export")["lm"]["text_pace"] == pytest.approx(expected) and expected > 1
     loaded = ARModel.from_pretrained(out / "export")
     assert loaded.paced and generate_ar(loaded, [torch.tensor([5, 6, 7])], None, GREEDY, max_frames=8)
-    with pytest.raises(LMError, match="AR option"):
-        train_lm(config(tmp_path / "shards", tmp_path / "nar", "nar", steps=1, paced_text=True))
+    train_lm(config(tmp_path / "shards", tmp_path / "nar", "nar", steps=2, checkpoint_every=2, paced_text=True))
+    nar = NARModel.from_pretrained(tmp_path / "nar" / "export")
+    assert nar.paced and read_lm_info(tmp_path / "nar" / "export")["lm"]["text_pace"] == pytest.approx(expected)
+
+
+def test_nar_positions_pace_each_row_from_where_its_text_starts():
+    model = NARModel(tiny_config(text_pace=3.0))
+    P, Tp, T = torch.tensor([2, 4]), torch.tensor([4, 2]), torch.tensor([8, 6])
+    # row 0: text over prompt + target (12 frames, 6 per phoneme); row 1: over the target alone
+    positions = model.positions(P, 4, Tp, 4, T, 8, text_starts=torch.tensor([0, 2]))
+    assert positions[0, :2].tolist() == [3.0, 9.0]
+    assert positions[1, :4].tolist() == [2.75, 4.25, 5.75, 7.25]
+    assert positions[0, 4:8].tolist() == [0, 1, 2, 3] and positions[0, 8:].tolist() == list(range(4, 12))
+    assert positions[1, 8:14].tolist() == list(range(2, 8))
+    plain = NARModel(tiny_config())
+    assert plain.positions(P, 4, Tp, 4, T, 8)[1, :8].tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
+
+
+def test_paced_nar_batch_equals_rows_and_text_starts_matter():
+    torch.manual_seed(1)
+    nar = lively(NARModel(tiny_config(text_pace=3.0)))
+    phonemes, _ = rows(3)
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, V, (4, n), generator=g) for n in (5, 0, 9, 2)]
+    firsts = [torch.randint(0, V, (n,), generator=g) for n in (12, 7, 20, 3)]
+    starts = [0, 0, 9, 2]
+    out = nar_fill(nar, phonemes, prompts, firsts, text_starts=starts)
+    for i in range(4):
+        alone = nar_fill(nar, [phonemes[i]], [prompts[i]], [firsts[i]], text_starts=[starts[i]])[0]
+        assert torch.equal(alone, out[i])
+    moved = nar_fill(nar, phonemes[2:3], prompts[2:3], firsts[2:3])[0]  # text from frame 0 instead of 9
+    assert not torch.equal(moved[1:], out[2][1:])
+    for bad in ([0, 0, 10, 2], [0, 0, -1, 2], [0, 0, 1]):
+        with pytest.raises(LMError, match="text_starts"):
+            nar_fill(nar, phonemes, prompts, firsts, text_starts=bad)

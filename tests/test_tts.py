@@ -497,6 +497,36 @@ def test_nar_decoding_expected_vectors_or_argmax_codes():
             SynthesisConfig(**bad)
 
 
+def test_a_paced_nar_is_told_where_the_text_starts(tmp_path, monkeypatch):
+    """Phonemes begin with the prompt's transcript when it has one (text from frame 0), else with
+    the target's (text from the prompt's end): the paced NAR must be given that frame."""
+    import dataclasses
+
+    import codec as codec_package
+    from tokenlm import generate
+    from tokenlm.nar import NARModel
+    from tokenlm.sampling import SamplingConfig
+    from tts.synthesizer import SynthesisConfig, Synthesizer, tiny_models
+
+    ar, nar, vocab = tiny_models()
+    paced = NARModel(dataclasses.replace(nar.config, text_pace=3.0)).eval()
+    paced.load_state_dict(nar.state_dict())
+    config = SynthesisConfig(sampling=SamplingConfig(max_frames_per_phoneme=2.0), retries=0, no_transcript="acoustic")
+    synth = Synthesizer(ar, paced, codec_package.load("tiny-16k"), vocab, config)
+    seen = []
+    real = generate._nar_passes
+    monkeypatch.setattr(generate, "_nar_passes", lambda *a, **k: seen.append(k["text_starts"]) or real(*a, **k))
+    path = tmp_path / "me.wav"
+    sf.write(path, _speech_like(3.0, 16_000)[0], 16_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bare = synth.prepare_prompt(prompt=path)
+        synth.synthesize("Speak.", prompt=path)
+    synth.synthesize("Speak.", voice="kathleen")
+    assert bare.transcript_source == "none"
+    assert seen == [[bare.codes.shape[1]], [0]]
+
+
 def test_a_codec_without_vector_decoding_falls_back_to_argmax_with_a_warning():
     import codec as codec_package
     from tts.synthesizer import Synthesizer, TTSWarning, tiny_models

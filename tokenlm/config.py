@@ -23,9 +23,10 @@ class LMConfig:
     ``n_phonemes`` is the size of the phoneme table (``len(vocab)``, may be larger);
     ``codebook_size`` / ``n_codebooks`` describe the codec's codes ``[K, T]``;
     ``max_phonemes`` / ``max_frames`` bound what generation accepts and produces (50 Hz frames).
-``text_pace`` (AR only): 0 numbers the phonemes and audio contiguously; > 0 gives them paced
-positions (:class:`tokenlm.ar.ARModel`) and is the frames per phoneme assumed when nothing
-better is known (the median of the training utterances).
+``text_pace``: 0 numbers the phonemes and audio contiguously; > 0 gives them paced positions
+(:class:`tokenlm.ar.ARModel`, :class:`tokenlm.nar.NARModel`) and is the frames per phoneme the
+AR assumes when nothing better is known (the median of the training utterances; the NAR always
+knows each row's own pace and keeps the value only as a record).
     """
 
     d_model: int = 256
@@ -39,7 +40,7 @@ better is known (the median of the training utterances).
     max_phonemes: int = 1024
     max_frames: int = 1500  # 30 s at 50 Hz
     rope_base: float = 10_000.0
-    text_pace: float = 0.0  # AR: > 0 paces phoneme positions (see ARModel); the default frames/phoneme
+    text_pace: float = 0.0  # > 0 paces phoneme positions (see ARModel, NARModel); the AR's default frames/phoneme
 
     def __post_init__(self) -> None:
         checks = {

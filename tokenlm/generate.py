@@ -301,16 +301,21 @@ def nar_fill(
     n_codebooks: int | None = None,
     progress: bool = False,
     autocast_dtype: torch.dtype | None = None,
+    text_starts: Sequence[int] | None = None,
 ) -> list[torch.Tensor]:
     """Fill layers ``1 .. n_codebooks-1`` for a batch, greedily, one pass per layer.
 
     Per row: ``phonemes [P]`` (may be empty: text-free), ``prompt_codes [K, Tp]`` (all the
     model's K layers, or ``Tp == 0``), ``first_layers [T]`` (from the AR). Returns per row a
     CPU LongTensor ``[n_codebooks, T]`` whose layer 0 is ``first_layers``.
+    ``text_starts``: per row the frame of prompt + target where the phonemes start, for paced
+    models (:mod:`tokenlm.nar`): 0 (default) when they begin with the prompt's transcript, ``Tp``
+    when they are the target's alone.
     ``autocast_dtype=torch.bfloat16`` runs the passes under autocast (several times faster on
     GPUs and on CPUs with AMX; argmax ties may then differ from float32).
     """
-    return _nar_passes(model, phonemes, prompt_codes, first_layers, n_codebooks, progress, autocast_dtype)
+    return _nar_passes(model, phonemes, prompt_codes, first_layers, n_codebooks, progress, autocast_dtype,
+                       text_starts=text_starts)
 
 
 @torch.inference_mode()
@@ -324,6 +329,7 @@ def nar_fill_expected(
     n_codebooks: int | None = None,
     progress: bool = False,
     autocast_dtype: torch.dtype | None = None,
+    text_starts: Sequence[int] | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """:func:`nar_fill` plus expected code vectors (module docstring).
 
@@ -348,7 +354,8 @@ def nar_fill_expected(
         nonlocal residual
         residual = residual + torch.softmax(logits.float() / temperature, dim=-1) @ tables[k].to(logits.device)
 
-    codes = _nar_passes(model, phonemes, prompt_codes, first_layers, n, progress, autocast_dtype, on_logits=accumulate)
+    codes = _nar_passes(model, phonemes, prompt_codes, first_layers, n, progress, autocast_dtype, on_logits=accumulate,
+                        text_starts=text_starts)
     vectors = [tables[0][c[0]] for c in codes]
     if isinstance(residual, torch.Tensor):  # n > 1: at least one pass
         residual = residual.cpu()
@@ -356,7 +363,8 @@ def nar_fill_expected(
     return codes, vectors
 
 
-def _nar_passes(model, phonemes, prompt_codes, first_layers, n_codebooks, progress, autocast_dtype, on_logits=None):
+def _nar_passes(model, phonemes, prompt_codes, first_layers, n_codebooks, progress, autocast_dtype, on_logits=None,
+                text_starts=None):
     """The passes of :func:`nar_fill`; ``on_logits(k, logits [B, T, V])`` sees each pass's
     logits. Returns the codes per row ``[n, T]``."""
     config = model.config
@@ -384,6 +392,12 @@ def _nar_passes(model, phonemes, prompt_codes, first_layers, n_codebooks, progre
         raise LMError(f"text too long: the model takes at most {config.max_phonemes} phonemes")
     if any(f.numel() == 0 for f in firsts):
         raise LMError("first_layers rows must not be empty")
+    if text_starts is None:
+        text_starts = [0] * B
+    if len(text_starts) != B or not all(
+        isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= p.shape[1] for s, p in zip(text_starts, prompts)
+    ):
+        raise LMError("text_starts must give, per row, a frame in 0..prompt length")
 
     param = next(model.parameters())
     device = param.device
@@ -403,6 +417,7 @@ def _nar_passes(model, phonemes, prompt_codes, first_layers, n_codebooks, progre
     pl = torch.tensor([p.numel() for p in phonemes], device=device)
     prl = torch.tensor([p.shape[1] for p in prompts], device=device)
     tl = torch.tensor([f.numel() for f in firsts], device=device)
+    starts = torch.tensor(list(text_starts), dtype=torch.long, device=device)
     was_training = model.training
     model.eval()
     autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
@@ -410,7 +425,7 @@ def _nar_passes(model, phonemes, prompt_codes, first_layers, n_codebooks, progre
         for k in tqdm(range(1, n), desc="NAR", unit="layer", disable=not progress, leave=False):
             stage = torch.full((B,), k, dtype=torch.long, device=device)
             with autocast:
-                logits = model(ph, pl, pr, prl, target, tl, stage)
+                logits = model(ph, pl, pr, prl, target, tl, stage, starts)
             target[:, k] = logits.argmax(-1)
             if on_logits is not None:
                 on_logits(k, logits)

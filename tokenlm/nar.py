@@ -11,6 +11,14 @@ and gate (:class:`tokenlm.transformer.Block`). The output projection for stage k
 layer k's embedding table (as in VALL-E), so logits are ``h @ E_k^T``: ``[B, T, codebook_size]``
 over the target frames. Positions (RoPE) are contiguous per row: phonemes, then prompt, then
 target; padding is right-padding per block with key masks, so rows are independent.
+
+Paced text positions (``config.text_pace > 0``, as in :mod:`tokenlm.ar`): the NAR sees every
+frame of a row, so each row's pace is known exactly. Prompt frame t sits at t, target frame t at
+``Tp + t``, and phoneme j at ``s + (j + 1/2) * (Tp + T - s) / P``, the middle of its share of the
+frames its text covers, where ``s`` (``text_starts``) is the frame the text starts at: 0 when the
+phonemes are the prompt's transcript followed by the target's (training: one utterance), ``Tp``
+when they are the target's alone (a prompt without a transcript). Phoneme j's RoPE distance to the
+frames that say it is then small from the first step, instead of an alignment learnt from content.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from tokenlm.transformer import Transformer, attention_mask, init_weights, paddi
 
 class NARModel(nn.Module, LMHubMixin):
     """``forward(phonemes [B,P], phoneme_lengths [B], prompt_codes [B,Kp,Tp], prompt_lengths [B],
-    target_codes [B,Kt,T], target_lengths [B], stage [B] in 1..K-1) -> logits [B, T, codebook_size]``.
+    target_codes [B,Kt,T], target_lengths [B], stage [B] in 1..K-1, text_starts [B] = 0)
+    -> logits [B, T, codebook_size]``.
 
     Only layers ``< stage[b]`` of ``target_codes`` are read (the rest may hold anything in
     range, e.g. zeros); every given prompt layer is used (normally all K).
@@ -51,6 +60,28 @@ class NARModel(nn.Module, LMHubMixin):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @property
+    def paced(self) -> bool:
+        return self.config.text_pace > 0
+
+    def positions(self, phoneme_lengths, P: int, prompt_lengths, Tp: int, target_lengths, T: int,
+                  text_starts: torch.Tensor | None = None) -> torch.Tensor:
+        """RoPE positions ``[B, P + Tp + T]`` of ``[phonemes][prompt frames][target frames]``, each
+        block right-padded (module docstring); ``text_starts [B]`` only matters when paced (default 0)."""
+        device = phoneme_lengths.device
+        B = phoneme_lengths.shape[0]
+        text = torch.arange(P, device=device).expand(B, P)
+        prompt = torch.arange(Tp, device=device).expand(B, Tp)
+        target = torch.arange(T, device=device).expand(B, T)
+        if not self.paced:
+            return torch.cat([text, phoneme_lengths[:, None] + prompt,
+                              (phoneme_lengths + prompt_lengths)[:, None] + target], dim=1)
+        starts = torch.zeros_like(prompt_lengths) if text_starts is None else text_starts.to(device)
+        covered = (prompt_lengths + target_lengths - starts).clamp(min=1).float()
+        pace = covered / phoneme_lengths.clamp(min=1).float()
+        text = starts[:, None].float() + (text.float() + 0.5) * pace[:, None]
+        return torch.cat([text, prompt.float(), prompt_lengths[:, None] + target.float()], dim=1)
+
     def embed_codes(self, codes: torch.Tensor, n_layers: torch.Tensor | None) -> torch.Tensor:
         """``codes [B, Kc, T]`` -> ``[B, T, D]``: sum of the embeddings of layers ``< n_layers[b]``
         (all ``Kc`` layers when None)."""
@@ -64,11 +95,11 @@ class NARModel(nn.Module, LMHubMixin):
         return x
 
     def forward(
-        self, phonemes, phoneme_lengths, prompt_codes, prompt_lengths, target_codes, target_lengths, stage
+        self, phonemes, phoneme_lengths, prompt_codes, prompt_lengths, target_codes, target_lengths, stage,
+        text_starts=None,
     ) -> torch.Tensor:
-        B, P = phonemes.shape
+        P = phonemes.shape[1]
         Tp, T = prompt_codes.shape[2], target_codes.shape[2]
-        device = phonemes.device
         x = torch.cat(
             [
                 self.text_emb(phonemes),
@@ -77,14 +108,7 @@ class NARModel(nn.Module, LMHubMixin):
             ],
             dim=1,
         )
-        positions = torch.cat(
-            [
-                torch.arange(P, device=device).expand(B, P),
-                phoneme_lengths[:, None] + torch.arange(Tp, device=device)[None, :],
-                (phoneme_lengths + prompt_lengths)[:, None] + torch.arange(T, device=device)[None, :],
-            ],
-            dim=1,
-        )
+        positions = self.positions(phoneme_lengths, P, prompt_lengths, Tp, target_lengths, T, text_starts)
         key_valid = torch.cat(
             [
                 padding_mask(phoneme_lengths, P),

@@ -103,7 +103,7 @@ class TrainLMConfig:
     time_limit_minutes: float | None = None  # stop after this long in the loop, with a checkpoint and an export
     init: str | None = None  # start a new run from these exported LM weights (e.g. on a refitted codec's tokens)
     remap_codes: bool = False  # with init: re-index its code rows to a refitted codec (tokenlm/remap.py)
-    paced_text: bool = False  # AR, new runs: paced phoneme positions (LMConfig.text_pace from the training data)
+    paced_text: bool = False  # new runs: paced phoneme positions (LMConfig.text_pace from the training data)
     device: str = "auto"  # auto (CUDA when available), cpu or cuda
     precision: str = "auto"  # auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16
     model: dict = field(default_factory=dict)  # LMConfig overrides: d_model, n_layers, n_heads, ...
@@ -303,11 +303,11 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
     if config.remap_codes and checkpoint is None and not config.init:
         raise LMError("--remap-codes needs --init (the LM whose code rows are re-indexed)")
     if checkpoint is None and config.paced_text:
-        if config.stage != "ar":
-            raise LMError("--paced-text is an AR option")
         lm_config = dataclasses.replace(lm_config, text_pace=median_pace(train_set.utterances))
         if main:
-            tqdm.write(f"paced text positions: {lm_config.text_pace:g} frames per phoneme without a text prompt "
+            detail = ("without a text prompt" if config.stage == "ar"
+                      else "in the data, a record only: each row is paced by its own length")
+            tqdm.write(f"paced text positions: {lm_config.text_pace:g} frames per phoneme {detail} "
                        "(the median of the training utterances)")
     if train_set.max_frames > lm_config.max_frames:
         raise LMError(f"--max-seconds {config.max_seconds:g} is longer than the model's "
@@ -654,9 +654,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "each new code starts from the rows of the old code with the nearest vector "
                              "(tokenlm/remap.py)")
     parser.add_argument("--paced-text", action="store_true",
-                        help="AR, new runs (also with --init): phoneme j at RoPE position j x (frames per phoneme), "
+                        help="new runs (also with --init): phoneme j at RoPE position j x (frames per phoneme), "
                              "audio frame t at t, so that the text/audio diagonal is a relative position "
-                             "(tokenlm/ar.py)")
+                             "(tokenlm/ar.py, tokenlm/nar.py)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                         help="auto: bf16 (or fp16) autocast on CUDA, fp32 on the CPU")

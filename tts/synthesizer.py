@@ -487,10 +487,13 @@ class Synthesizer:
         from tokenlm.generate import nar_fill, nar_fill_expected
 
         prompts = [prompt.codes] * len(first)
+        # the phonemes start with the prompt's transcript when it has one, else with the target's
+        starts = [0 if prompt.transcript_source != "none" else int(prompt.codes.shape[1])] * len(first)
         if self.nar_decoding == "argmax":
-            return [(c, None) for c in nar_fill(self.nar, phonemes, prompts, first, self.n_codebooks)]
+            return [(c, None) for c in nar_fill(self.nar, phonemes, prompts, first, self.n_codebooks,
+                                                text_starts=starts)]
         codes, vectors = nar_fill_expected(self.nar, phonemes, prompts, first, self.codec.codebook_tables(),
-                                           self.config.nar_temperature, self.n_codebooks)
+                                           self.config.nar_temperature, self.n_codebooks, text_starts=starts)
         return list(zip(codes, vectors))
 
     def render(self, codes: torch.Tensor, vectors: torch.Tensor | None = None, prompt: Prompt | None = None,
