@@ -812,8 +812,7 @@ def _reference_rows(synth, scorer: Scorer, name: str, recordings: list, prompt, 
         try:
             target = synth._ids(recording.text) if recording.text.strip() else None
             if target is not None and len(target):
-                prefix = prompt.phonemes if prompt.transcript_source != "none" else prompt.phonemes[:0]
-                filled, vectors = synth.fill(prompt, [torch.cat([prefix, target])], [codes[0, 0].cpu()])[0]
+                filled, vectors = synth.fill(prompt, [torch.cat([prompt.text_prefix, target])], [codes[0, 0].cpu()])[0]
                 systems.append(("nar_fill", synth.render(filled, vectors, length=wav.shape[-1])))
         except LMError as error:  # e.g. a recording longer than the NAR's context
             log(f"note: no NAR-fill row for {recording.path}: {error}")

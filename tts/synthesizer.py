@@ -158,6 +158,22 @@ class Prompt:
     def seconds(self) -> float:
         return self.codes.shape[1] * 0.02
 
+    @property
+    def has_text(self) -> bool:
+        """Whether each row's phonemes begin with this prompt's transcript (which the AR continues)."""
+        return self.transcript_source != "none"
+
+    @property
+    def text_prefix(self) -> torch.Tensor:
+        """``[Pp]`` long: the phonemes every row starts with (empty without a transcript)."""
+        return self.phonemes if self.has_text else self.phonemes[:0]
+
+    @property
+    def text_start(self) -> int:
+        """The frame of prompt + target where the rows' phonemes start: 0 with a transcript, ``Tp``
+        without (a paced NAR's ``text_starts``)."""
+        return 0 if self.has_text else int(self.codes.shape[1])
+
 
 @dataclass
 class ChunkResult:
@@ -422,7 +438,7 @@ class Synthesizer:
         if self.config.pace is None:
             return sampling
         rate = TYPICAL_FRAMES_PER_PHONEME
-        if prompt.transcript_source != "none" and len(prompt.phonemes) and prompt.codes.shape[1]:
+        if prompt.has_text and len(prompt.phonemes) and prompt.codes.shape[1]:
             rate = min(max(self.speaking_frames(prompt) / len(prompt.phonemes), PROMPT_RATE_RANGE[0]), PROMPT_RATE_RANGE[1])
         low = max(sampling.min_frames_per_phoneme, self.config.pace[0] * rate)
         high = max(min(sampling.max_frames_per_phoneme, self.config.pace[1] * rate), low)
@@ -443,16 +459,14 @@ class Synthesizer:
         from tokenlm.generate import length_limits
 
         sampling = self.paced_sampling(prompt)
-        text_prompt = prompt.transcript_source != "none"
-        ar_prompt = prompt.codes[0] if text_prompt else torch.zeros(0, dtype=torch.long)
-        prefix = prompt.phonemes if text_prompt else torch.zeros(0, dtype=torch.long)
+        ar_prompt = prompt.codes[0] if prompt.has_text else torch.zeros(0, dtype=torch.long)
         limit = min(self.ar.config.max_frames, self.nar.config.max_frames)
         hard_cap = min(limit - len(ar_prompt) - 1, sampling.max_frames or limit)
         if hard_cap < 1:
             raise TTSError(f"the prompt ({prompt.seconds:.1f} s) leaves no room for speech in the models' "
                            f"{limit} frames")
-        phonemes = [torch.cat([prefix, t]) for t in targets]
-        pace = self.text_pace(prompt) if text_prompt and self.ar.paced else None
+        phonemes = [torch.cat([prompt.text_prefix, t]) for t in targets]
+        pace = self.text_pace(prompt) if prompt.has_text and self.ar.paced else None
         first = self._sample_first_layer(phonemes, ar_prompt, [len(t) for t in targets], sampling, seed, hard_cap,
                                          pace)
         maxima = [length_limits(len(t), sampling, hard_cap)[1] for t in targets]
@@ -487,8 +501,7 @@ class Synthesizer:
         from tokenlm.generate import nar_fill, nar_fill_expected
 
         prompts = [prompt.codes] * len(first)
-        # the phonemes start with the prompt's transcript when it has one, else with the target's
-        starts = [0 if prompt.transcript_source != "none" else int(prompt.codes.shape[1])] * len(first)
+        starts = [prompt.text_start] * len(first)
         if self.nar_decoding == "argmax":
             return [(c, None) for c in nar_fill(self.nar, phonemes, prompts, first, self.n_codebooks,
                                                 text_starts=starts)]
