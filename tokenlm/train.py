@@ -67,6 +67,7 @@ from tokenlm.batch import LMBatch, collate
 from tokenlm.config import LMConfig
 from tokenlm.data import LMCorpus, batch_digest, rank_slice, split_utterances, training_utterances
 from tokenlm.errors import LMError
+from tokenlm.grow import grow_layers
 from tokenlm.nar import NARModel, nar_loss
 from tokenlm.shards import shard_folders
 
@@ -103,6 +104,7 @@ class TrainLMConfig:
     time_limit_minutes: float | None = None  # stop after this long in the loop, with a checkpoint and an export
     init: str | None = None  # start a new run from these exported LM weights (e.g. on a refitted codec's tokens)
     remap_codes: bool = False  # with init: re-index its code rows to a refitted codec (tokenlm/remap.py)
+    grow_layers: int | None = None  # with init: that many transformer layers, the new ones identity (tokenlm/grow.py)
     paced_text: bool = False  # new runs: paced phoneme positions (LMConfig.text_pace from the training data)
     device: str = "auto"  # auto (CUDA when available), cpu or cuda
     precision: str = "auto"  # auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16
@@ -120,6 +122,7 @@ class TrainLMConfig:
                 min(self.checkpoint_every, self.eval_every, self.log_every) > 0,
             "--text-free-prob must be in [0, 1]": 0.0 <= self.text_free_prob <= 1.0,
             "--guided-attention must be >= 0": self.guided_attention >= 0,
+            "--grow-layers must be a positive number of layers": self.grow_layers is None or self.grow_layers > 0,
             "--guided-sigma must be positive": self.guided_sigma > 0,
             "--nar-stage-decay must be in (0, 1]": 0.0 < self.nar_stage_decay <= 1.0,
             "--max-seconds must be positive": self.max_seconds > 0,
@@ -287,11 +290,19 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
             tqdm.write(f"note: resuming the run in {out_dir}; --init {config.init} is not used", file=sys.stderr)
         if main and config.remap_codes:
             tqdm.write(f"note: resuming the run in {out_dir}; --remap-codes is not used", file=sys.stderr)
+        if main and config.grow_layers is not None:
+            tqdm.write(f"note: resuming the run in {out_dir}; --grow-layers is not used", file=sys.stderr)
     elif config.init:
         initial = initial_weights(config.init, config.stage, vocab, int(codec_info["codebook_size"]), K)
         lm_config = initial.config
         if main:
             tqdm.write(f"new run from the weights in {config.init} (model options taken from them)")
+        if config.grow_layers is not None:
+            grown_from = initial.config.n_layers
+            initial = grow_layers(initial, config.grow_layers)
+            lm_config = initial.config
+            if main:
+                tqdm.write(f"grown from {grown_from} to {config.grow_layers} layers (the new ones start as identity)")
         if config.remap_codes:
             remapped = remap_init_codes(initial, config.init, codec_info)
             if main:
@@ -302,6 +313,8 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
                                  "n_codebooks": K} | config.model))
     if config.remap_codes and checkpoint is None and not config.init:
         raise LMError("--remap-codes needs --init (the LM whose code rows are re-indexed)")
+    if config.grow_layers is not None and checkpoint is None and not config.init:
+        raise LMError("--grow-layers needs --init (the LM to grow)")
     if checkpoint is None and config.paced_text:
         lm_config = dataclasses.replace(lm_config, text_pace=median_pace(train_set.utterances))
         if main:
@@ -495,6 +508,8 @@ def export(model: torch.nn.Module, folder: Path, vocab, codec_info: dict, config
         training["init"] = str(config.init)
         if config.remap_codes:
             training["remap_codes"] = True
+        if config.grow_layers is not None:
+            training["grow_layers"] = config.grow_layers
     if best is not None:
         training["best"] = best
     sampling = None
@@ -653,6 +668,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --init from an LM of a codec whose codebooks were since refitted (refit-codes): "
                              "each new code starts from the rows of the old code with the nearest vector "
                              "(tokenlm/remap.py)")
+    parser.add_argument("--grow-layers", type=int, default=None, metavar="N",
+                        help="with --init: a deeper LM of N transformer layers, the --init LM's first and new ones "
+                             "appended that start as identity, so training resumes from the same function "
+                             "(tokenlm/grow.py)")
     parser.add_argument("--paced-text", action="store_true",
                         help="new runs (also with --init): phoneme j at RoPE position j x (frames per phoneme), "
                              "audio frame t at t, so that the text/audio diagonal is a relative position "
@@ -677,7 +696,8 @@ def config_from_args(args: argparse.Namespace) -> TrainLMConfig:
         log_every=args.log_every, text_free_prob=args.text_free_prob, guided_attention=args.guided_attention,
         guided_sigma=args.guided_sigma, nar_stage_decay=args.nar_stage_decay, max_seconds=args.max_seconds, seed=args.seed,
         threads=args.threads, resume=args.resume, time_limit_minutes=args.time_limit, init=args.init,
-        remap_codes=args.remap_codes, paced_text=args.paced_text, device=args.device, precision=args.precision,
+        remap_codes=args.remap_codes, grow_layers=args.grow_layers, paced_text=args.paced_text, device=args.device,
+        precision=args.precision,
         model=model,
     )
 
