@@ -638,7 +638,7 @@ def _describe(entry: Entry, prompt, references: int, sentences: int, n_codebooks
         where = (f"{references} sequence(s) of 3.5-5 s of `{entry.speaker}`'s other digit recordings joined "
                  f"the same way (`prompts/unseen-{entry.speaker}-ref-NN.flac`; digit sequences: their WER is "
                  "not comparable with the sentences')")
-    rows = f"TTS row: the {sentences} test sentence(s) synthesised with this prompt."
+    rows = f"TTS row: the {sentences} sentence(s) above synthesised with this prompt."
     if references:
         rows += (f" Real recordings: {where}, similarity of each to the prompt (real-real). Codec round trip: "
                  f"the same recordings encoded and decoded at {n_codebooks} codebooks. Layer 1 + NAR: their first "
