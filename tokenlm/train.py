@@ -257,6 +257,11 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
                                                required=("model", "optimizer", "step", "stage", "lm"))
     if checkpoint is not None and checkpoint["stage"] != config.stage:
         raise LMError(f"{out_dir} holds a run of --stage {checkpoint['stage']}; cannot resume it as --stage {config.stage}")
+    if checkpoint is None and not config.init:  # before the shards are read
+        if config.remap_codes:
+            raise LMError("--remap-codes needs --init (the LM whose code rows are re-indexed)")
+        if config.grow_layers is not None:
+            raise LMError("--grow-layers needs --init (the LM to grow)")
     if checkpoint is not None and distributed.is_main:
         before = checkpoint.get("train", {})
         changed = [key for key in DATA_OPTIONS if key in before and before[key] != getattr(config, key)]
@@ -294,15 +299,14 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
             tqdm.write(f"note: resuming the run in {out_dir}; --grow-layers is not used", file=sys.stderr)
     elif config.init:
         initial = initial_weights(config.init, config.stage, vocab, int(codec_info["codebook_size"]), K)
-        lm_config = initial.config
         if main:
             tqdm.write(f"new run from the weights in {config.init} (model options taken from them)")
         if config.grow_layers is not None:
             grown_from = initial.config.n_layers
             initial = grow_layers(initial, config.grow_layers)
-            lm_config = initial.config
             if main:
                 tqdm.write(f"grown from {grown_from} to {config.grow_layers} layers (the new ones start as identity)")
+        lm_config = initial.config
         if config.remap_codes:
             remapped = remap_init_codes(initial, config.init, codec_info)
             if main:
@@ -311,10 +315,6 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
     else:
         lm_config = LMConfig(**({"n_phonemes": max(len(vocab), 2), "codebook_size": int(codec_info["codebook_size"]),
                                  "n_codebooks": K} | config.model))
-    if config.remap_codes and checkpoint is None and not config.init:
-        raise LMError("--remap-codes needs --init (the LM whose code rows are re-indexed)")
-    if config.grow_layers is not None and checkpoint is None and not config.init:
-        raise LMError("--grow-layers needs --init (the LM to grow)")
     if checkpoint is None and config.paced_text:
         lm_config = dataclasses.replace(lm_config, text_pace=median_pace(train_set.utterances))
         if main:
