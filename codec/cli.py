@@ -254,7 +254,7 @@ def cmd_train_codec(args) -> int:
     config = TrainConfig(manifests=args.manifest, out_dir=args.out, steps=args.steps, batch_size=args.batch_size,
                          crop_seconds=args.crop_seconds, lr=args.lr, checkpoint_every=args.checkpoint_every,
                          eval_every=args.checkpoint_every, seed=args.seed, threads=args.threads, resume=args.resume,
-                         device=args.device, adversarial=args.adversarial,
+                         device=args.device, precision=args.precision, adversarial=args.adversarial,
                          adversarial_start=args.adversarial_start, codec=codec_config,
                          warmup_steps=args.warmup_steps, init=args.init, decoder_only=args.decoder_only,
                          complex_loss_weight=args.complex_loss_weight, grow_decoder=args.grow_decoder,
@@ -337,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many minutes of training with a checkpoint and an export (checked every "
                         "10 steps; --resume continues; the learning-rate schedule still follows --steps)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: the encoder's and decoder's layers under bfloat16 autocast, on CUDA or the CPU (faster "
+                        "where the CPU has bfloat16 instructions); quantizer, iSTFT head and losses stay float32")
     p.add_argument("--adversarial", action="store_true",
                    help="also train a multi-scale STFT discriminator (adversarial + feature-matching losses)")
     p.add_argument("--adversarial-start", type=int, default=0, metavar="STEP",

@@ -31,6 +31,7 @@ from codec.errors import AudioError, ModelError
 from codec.hub import CodecHubMixin
 from codec.interface import AudioCodec
 from codec.modules import ConvNeXtStack, ISTFTHead, STFTFeatures, frame_signal, overlap_add
+from codec.precision import autocast
 from codec.quantizer import ResidualVectorQuantizer
 
 
@@ -44,10 +45,15 @@ class Encoder(nn.Module):
         self.stack = ConvNeXtStack(config.encoder_dim, config.encoder_layers, config.kernel_size, config.mlp_ratio)
         self.proj_out = nn.Linear(config.encoder_dim, config.latent_dim)
 
-    def forward(self, frames: torch.Tensor, cache: list | None = None) -> tuple[torch.Tensor, list]:
-        x = self.proj_in(self.analysis(frames))
-        x, cache = self.stack(x, cache)
-        return self.proj_out(x), cache
+    def forward(self, frames: torch.Tensor, cache: list | None = None,
+                mixed: torch.dtype | None = None) -> tuple[torch.Tensor, list]:
+        """``mixed`` (training): the layers after the STFT analysis under autocast in that dtype;
+        the latents come back in the frames' dtype."""
+        features = self.analysis(frames)
+        with autocast(frames.device, mixed):
+            x, cache = self.stack(self.proj_in(features), cache)
+            latent = self.proj_out(x)
+        return latent.to(frames.dtype), cache
 
 
 class Decoder(nn.Module):
@@ -59,9 +65,13 @@ class Decoder(nn.Module):
         self.stack = ConvNeXtStack(config.decoder_dim, config.decoder_layers, config.kernel_size, config.mlp_ratio)
         self.head = ISTFTHead(config.decoder_dim, config.n_fft, config.hop_length)
 
-    def forward(self, latent: torch.Tensor, cache: list | None = None) -> tuple[torch.Tensor, list]:
-        x, cache = self.stack(self.proj_in(latent), cache)
-        return self.head(x), cache
+    def forward(self, latent: torch.Tensor, cache: list | None = None,
+                mixed: torch.dtype | None = None) -> tuple[torch.Tensor, list]:
+        """``mixed`` (training): the ConvNeXt stack under autocast in that dtype; the iSTFT head
+        (log-magnitude and phase, then the inverse FFT) always in the latents' dtype."""
+        with autocast(latent.device, mixed):
+            x, cache = self.stack(self.proj_in(latent), cache)
+        return self.head(x.to(latent.dtype)), cache
 
 
 class CodecModel(nn.Module, AudioCodec, CodecHubMixin):
@@ -170,13 +180,19 @@ class CodecModel(nn.Module, AudioCodec, CodecHubMixin):
         return audio[:, None, :length]
 
     # -- training ----------------------------------------------------------------------------
-    def forward(self, wav: torch.Tensor):
-        """Training pass: ``wav`` ``[B, 1, N]`` -> (reconstruction ``[B, 1, N]``, QuantizerOutput)."""
+    def forward(self, wav: torch.Tensor, mixed: torch.dtype | None = None):
+        """Training pass: ``wav`` ``[B, 1, N]`` -> (reconstruction ``[B, 1, N]``, QuantizerOutput).
+
+        ``mixed`` (``train-codec --precision bf16``): the encoder's and decoder's layers run under
+        autocast in that dtype (:mod:`codec.precision`); the STFT analysis, the quantizer and the
+        iSTFT head stay in float32. A frozen encoder (a decoder-only fine-tune) stays in float32
+        as well, so that the decoder trains on the codes that inference computes."""
         length = wav.shape[-1]
         frames = frame_signal(self.pad(wav[:, 0]), self.config.n_fft, self.hop)
-        latent, _ = self.encoder(frames)
+        encoder_trains = any(p.requires_grad for p in self.encoder.parameters())
+        latent, _ = self.encoder(frames, mixed=mixed if encoder_trains else None)
         quantized = self.quantizer(latent)
-        out_frames, _ = self.decoder(quantized.quantized)
+        out_frames, _ = self.decoder(quantized.quantized, mixed=mixed)
         return self.synthesize(out_frames, length), quantized
 
     # -- inference ---------------------------------------------------------------------------

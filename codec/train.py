@@ -35,7 +35,11 @@ initial model's blocks, then new ones whose layer scale starts at 0, so that the
 out computing exactly what the initial one does (:func:`load_initial`).
 
 Device: ``device="auto"`` (the default) trains on CUDA when torch sees a GPU, else on the CPU;
-``"cpu"`` and ``"cuda"`` force one. Training runs in float32.
+``"cpu"`` and ``"cuda"`` force one. Training runs in float32; ``precision="bf16"``
+(``--precision bf16``) runs the encoder's and decoder's layers under bfloat16 autocast, on the
+CPU too (faster where it has bfloat16 instructions), while the STFT analysis, the quantizer, the
+iSTFT head, the losses, the discriminator and the dev evaluation stay in float32
+(:meth:`codec.model.CodecModel.forward`).
 
 Several processes (``torchrun --nproc_per_node N -m codec.cli train-codec ...``): when
 ``WORLD_SIZE`` > 1 the process group is initialised (``nccl`` on CUDA, ``gloo`` on the CPU; each
@@ -85,6 +89,7 @@ from codec.errors import TokenwaveError
 from codec.losses import SpectralLoss, discriminator_loss, feature_matching_loss, generator_adversarial_loss
 from codec.model import CodecModel
 from codec.modules import frame_signal
+from codec.precision import autocast_dtype
 from codec.pretrained import save_pretrained
 
 _summary_writer = summary_writer  # its old name here (now in codec.checkpoints)
@@ -107,6 +112,7 @@ class TrainConfig:
     threads: int | None = None
     resume: bool = False
     device: str = "auto"  # auto (CUDA when available), cpu or cuda
+    precision: str = "fp32"  # fp32, or bf16: the encoder's and decoder's layers under autocast (codec.precision)
     adversarial: bool = False  # train a discriminator too (codec.discriminator)
     adversarial_start: int = 0  # steps before that: reconstruction losses only, no discriminator
     adversarial_weight: float = 1.0  # x hinge adversarial loss, added to the generator's loss
@@ -258,7 +264,7 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
     if main:
         processes = f"; {distributed.world_size} processes" if distributed.enabled else ""
         tqdm.write(f"train: {train_set.seconds / 60:.1f} min in {len(train_set.signals)} files; "
-                   f"dev: {dev_set.seconds / 60:.1f} min; device: {device.type}{processes}")
+                   f"dev: {dev_set.seconds / 60:.1f} min; device: {device.type}{processes}; precision: {config.precision}")
 
     torch.manual_seed(config.seed)
     model = CodecModel(codec_config)
@@ -274,6 +280,7 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
     if config.decoder_only:
         freeze_token_space(model)
     model.to(device)
+    mixed = autocast_dtype(config.precision, device, allow_fp16=False)
     trained = model.decoder if config.decoder_only else model
     optimizer = torch.optim.AdamW(trained.parameters(), lr=config.lr, betas=(0.8, 0.99), weight_decay=0.01)
     if checkpoint:
@@ -313,7 +320,7 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
             wav = torch.from_numpy(wav).to(device, non_blocking=True)
             # Quantizer dropout, dead codes: the same after a resume (and different on each rank).
             torch.manual_seed(config.seed * 1_000_003 + step + distributed.rank * 7_919_993_071)
-            recon, quantized = net(wav)
+            recon, quantized = net(wav, mixed=mixed)
             spectral, parts = loss_fn(recon, wav)
             loss = spectral + config.commitment_weight * quantized.commitment_loss
             if discriminator is not None and step >= config.adversarial_start:
@@ -375,6 +382,7 @@ def _check_options(config: TrainConfig) -> None:
         (not config.discriminator_lr_scale > 0, f"--disc-lr-scale must be positive, not {config.discriminator_lr_scale}"),
         (config.discriminator_crop_seconds is not None and not config.discriminator_crop_seconds > 0,
          f"--disc-crop-seconds must be positive, not {config.discriminator_crop_seconds}"),
+        (config.precision not in ("fp32", "bf16"), f"--precision must be fp32 or bf16, not {config.precision!r}"),
     ]
     for failed, message in problems:
         if failed:
@@ -505,6 +513,8 @@ def training_record(config: TrainConfig, steps: int) -> dict:
         record["decoder_only"] = True
     if config.complex_loss_weight:
         record["complex_loss_weight"] = config.complex_loss_weight
+    if config.precision != "fp32":
+        record["precision"] = config.precision
     if config.grow_decoder is not None:
         record["grow_decoder"] = config.grow_decoder
     if config.noise_probability:

@@ -12,7 +12,7 @@
 - **Optimisation**: AdamW (betas 0.9/0.95, weight decay 0.01 on matrices only), linear warm-up
   then cosine decay to 10% (:func:`codec.checkpoints.warmup_cosine`), gradient clipping at 1. On
   CUDA the forward pass runs under autocast (bf16 where supported, else fp16 with a gradient
-  scaler); the CPU trains in float32.
+  scaler); the CPU trains in float32 unless ``--precision bf16`` (:mod:`codec.precision`).
 - **Checkpoints** (:mod:`codec.checkpoints`): ``OUT/checkpoints/step_XXXXXXX.pt`` every
   ``checkpoint_every`` steps, at the end and when ``--time-limit`` runs out, atomic, the newest 3
   kept, with model, optimizer (and gradient scaler) state, the LM config, vocab and codec info.
@@ -62,6 +62,7 @@ from tqdm import tqdm
 from codec import checkpoints
 from codec.checkpoints import RunLog, warmup_cosine
 from codec.distributed import Distributed, run_training_job, wrap_ddp
+from codec.precision import PRECISIONS, autocast, autocast_dtype
 from tokenlm.ar import ARModel, ar_loss
 from tokenlm.batch import LMBatch, collate
 from tokenlm.config import LMConfig
@@ -107,7 +108,7 @@ class TrainLMConfig:
     grow_layers: int | None = None  # with init: that many transformer layers, the new ones identity (tokenlm/grow.py)
     paced_text: bool = False  # new runs: paced phoneme positions (LMConfig.text_pace from the training data)
     device: str = "auto"  # auto (CUDA when available), cpu or cuda
-    precision: str = "auto"  # auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16
+    precision: str = "auto"  # auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16 (also CPU), fp16
     model: dict = field(default_factory=dict)  # LMConfig overrides: d_model, n_layers, n_heads, ...
 
     def __post_init__(self) -> None:
@@ -126,8 +127,8 @@ class TrainLMConfig:
             "--guided-sigma must be positive": self.guided_sigma > 0,
             "--nar-stage-decay must be in (0, 1]": 0.0 < self.nar_stage_decay <= 1.0,
             "--max-seconds must be positive": self.max_seconds > 0,
-            f"--precision must be auto, fp32, bf16 or fp16, got {self.precision!r}":
-                self.precision in ("auto", "fp32", "bf16", "fp16"),
+            f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}":
+                self.precision in PRECISIONS,
             "keep_checkpoints must be >= 1": self.keep_checkpoints >= 1,
             f"--time-limit must be a number of minutes >= 0, not {self.time_limit_minutes}":
                 self.time_limit_minutes is None or self.time_limit_minutes >= 0,
@@ -156,17 +157,6 @@ def make_optimizer(model: torch.nn.Module, config: TrainLMConfig) -> torch.optim
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of the forward pass, or None (float32)."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if device.type != "cuda":
-        raise LMError(f"--precision {precision}: mixed precision is for CUDA only; use fp32 on the CPU")
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
 class _Forward:
@@ -222,7 +212,7 @@ def evaluate(stage: str, model: torch.nn.Module, dev_batches: list, device: torc
                 if text_free:
                     rows = [dataclasses.replace(row, phonemes=row.phonemes[:0]) for row in rows]
                 batch = collate(rows, 1 if stage == "ar" else K).to(device)
-                with _autocast(device, amp):
+                with autocast(device, amp):
                     _, metrics = compute_loss(stage, model, batch, generator, layer, guide)
                 correct += metrics["accuracy"] * metrics["tokens"]
                 loss_sum += metrics["loss"] * metrics["tokens"]
@@ -236,12 +226,6 @@ def evaluate(stage: str, model: torch.nn.Module, dev_batches: list, device: torc
     finally:
         model.train(was_training)
     return result
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def train_lm(config: TrainLMConfig) -> Path:
@@ -385,7 +369,7 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
             seed = step_seed(config.seed, step, distributed.rank)
             torch.manual_seed(seed)  # dropout: the same after a resume, different on each process
             generator = torch.Generator().manual_seed(seed)  # NAR prompt lengths and layers
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 loss, metrics = compute_loss(config.stage, forward, batch, generator,
                                              guided=(config.guided_attention, config.guided_sigma),
                                              stage_decay=config.nar_stage_decay)
@@ -678,7 +662,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(tokenlm/ar.py, tokenlm/nar.py)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                        help="auto: bf16 (or fp16) autocast on CUDA, fp32 on the CPU")
+                        help="auto: bf16 (or fp16) autocast on CUDA, fp32 on the CPU; bf16 also on the CPU "
+                             "(faster where it has bfloat16 instructions)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--d-model", type=int, default=lm.d_model, help=f"model width (default {lm.d_model})")
     parser.add_argument("--layers", type=int, default=lm.n_layers, help=f"transformer layers (default {lm.n_layers})")
