@@ -280,7 +280,7 @@ def _train(config: TrainConfig, device: torch.device, distributed: Distributed) 
     if config.decoder_only:
         freeze_token_space(model)
     model.to(device)
-    mixed = autocast_dtype(config.precision, device, allow_fp16=False)
+    mixed = autocast_dtype(config.precision, device)  # fp32 or bf16 (_check_options)
     trained = model.decoder if config.decoder_only else model
     optimizer = torch.optim.AdamW(trained.parameters(), lr=config.lr, betas=(0.8, 0.99), weight_decay=0.01)
     if checkpoint:
