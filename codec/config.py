@@ -33,7 +33,10 @@ class CodecConfig:
     num_codebooks: int = 12
     codebook_size: int = 1024
     ema_decay: float = 0.99
-    dead_code_threshold: float = 2.0  # EMA usage below which a code is replaced
+    dead_code_threshold: float = 2.0  # EMA usage (frames per update) below which a code is replaced...
+    # ... when also below this share of an even share of the frames (codec.quantizer.EMACodebook):
+    # with fewer frames per update than codes, an absolute threshold alone re-seeds live codes.
+    dead_code_share: float = 0.1
     kmeans_iters: int = 10
     quantizer_dropout: float = 0.5  # share of a batch trained with a random number of codebooks
     # Levels 1..L coded with a context in token files (codec.context_coding; 0: none, range
@@ -48,6 +51,7 @@ class CodecConfig:
             and self.n_fft % self.hop_length == 0,
             "n_fft must be even": self.n_fft % 2 == 0,
             "kernel_size must be >= 1": self.kernel_size >= 1,
+            "dead_code_threshold and dead_code_share must be >= 0": min(self.dead_code_threshold, self.dead_code_share) >= 0,
             "num_codebooks must be >= 1": self.num_codebooks >= 1,
             "codebook_size must be >= 2": self.codebook_size >= 2,
             "layer counts must be >= 0": self.encoder_layers >= 0 and self.decoder_layers >= 0,

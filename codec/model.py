@@ -87,6 +87,7 @@ class CodecModel(nn.Module, AudioCodec, CodecHubMixin):
             config.codebook_size,
             decay=config.ema_decay,
             dead_code_threshold=config.dead_code_threshold,
+            dead_code_share=config.dead_code_share,
             kmeans_iters=config.kmeans_iters,
             dropout=config.quantizer_dropout,
         )

@@ -57,11 +57,13 @@ def kmeans(vectors: torch.Tensor, num_clusters: int, iters: int) -> tuple[torch.
 class EMACodebook(nn.Module):
     """One codebook of ``size`` vectors of ``dim`` dimensions, trained by EMA."""
 
-    def __init__(self, dim: int, size: int, decay: float, dead_code_threshold: float, kmeans_iters: int):
+    def __init__(self, dim: int, size: int, decay: float, dead_code_threshold: float, kmeans_iters: int,
+                 dead_code_share: float = 0.1):
         super().__init__()
         self.size = size
         self.decay = decay
         self.dead_code_threshold = dead_code_threshold
+        self.dead_code_share = dead_code_share
         self.kmeans_iters = kmeans_iters
         self.register_buffer("initialized", torch.zeros(()))
         self.register_buffer("embed", torch.randn(size, dim) * 0.1)
@@ -105,16 +107,26 @@ class EMACodebook(nn.Module):
         self.embed.copy_(self.embed_avg / smoothed[:, None])
         self._replace_dead_codes(x)
 
+    def dead_threshold(self) -> float:
+        """EMA usage below which a code counts as dead: ``dead_code_threshold`` frames per update,
+        or ``dead_code_share`` of an even share when that is lower. The EMA usage sums to the
+        frames per update (across processes), so when a batch has fewer frames than there are
+        codes, evenly used codes sit below any fixed threshold of a frame or more, and an absolute
+        rule alone would keep re-seeding live codes with random batch vectors."""
+        even_share = float(self.cluster_size.sum()) / self.size
+        return min(self.dead_code_threshold, self.dead_code_share * even_share)
+
     def _replace_dead_codes(self, x: torch.Tensor) -> None:
-        dead = self.cluster_size < self.dead_code_threshold
+        threshold = self.dead_threshold()
+        dead = self.cluster_size < threshold
         if not dead.any():
             return
         replacement = _sample_vectors(x, self.size)
         if dist.is_available() and dist.is_initialized():
             dist.broadcast(replacement, src=0)  # every process must re-seed identically
         self.embed[dead] = replacement[dead]
-        self.embed_avg[dead] = replacement[dead] * self.dead_code_threshold
-        self.cluster_size[dead] = self.dead_code_threshold
+        self.embed_avg[dead] = replacement[dead] * threshold
+        self.cluster_size[dead] = threshold
 
 
 @dataclass
@@ -136,6 +148,7 @@ class ResidualVectorQuantizer(nn.Module):
         decay: float = 0.99,
         dead_code_threshold: float = 2.0,
         kmeans_iters: int = 10,
+        dead_code_share: float = 0.1,
         dropout: float = 0.5,
     ):
         super().__init__()
@@ -144,7 +157,7 @@ class ResidualVectorQuantizer(nn.Module):
         self.dropout = dropout
         self.learn_codebooks = True  # False: training mode still drops levels, but codebooks stay as they are
         self.codebooks = nn.ModuleList(
-            EMACodebook(dim, codebook_size, decay, dead_code_threshold, kmeans_iters)
+            EMACodebook(dim, codebook_size, decay, dead_code_threshold, kmeans_iters, dead_code_share)
             for _ in range(num_codebooks)
         )
 

@@ -13,7 +13,7 @@ from codec.config import CodecConfig, tiny
 from codec.errors import AudioError, ModelError
 from codec.model import CodecModel, token_fingerprint
 from codec.pretrained import load_pretrained, save_pretrained, tiny_random
-from codec.quantizer import ResidualVectorQuantizer, codebook_stats
+from codec.quantizer import EMACodebook, ResidualVectorQuantizer, codebook_stats
 
 
 def speechlike(seconds: float, sample_rate: int, seed: int = 0) -> torch.Tensor:
@@ -210,6 +210,25 @@ def test_ema_codebook_learns_and_dead_codes_are_replaced():
     assert (first.cluster_size[:4] >= 1.0).all()
     # re-seeded codes sit on data points
     assert torch.cdist(first.embed[:4], x).min(dim=1).values.max() < 1e-5
+
+
+def test_dead_code_rule_spares_evenly_used_codes_when_a_batch_has_fewer_frames_than_codes():
+    """32 frames per update over 64 codes: each code is used about 0.5 times per update, below
+    the absolute threshold of 2; only the code no frame reaches any more may be re-seeded."""
+    torch.manual_seed(0)
+    centers = torch.randn(64, 4) * 5
+    book = EMACodebook(dim=4, size=64, decay=0.99, dead_code_threshold=2.0, kmeans_iters=1, dead_code_share=0.1)
+    book.initialized.fill_(1.0)
+    book.embed.copy_(centers)
+    book.cluster_size.fill_(0.5)
+    book.embed_avg.copy_(centers * 0.5)
+    for _ in range(400):
+        x = centers[torch.randint(1, 64, (32,))] + 0.01 * torch.randn(32, 4)  # code 0 never used
+        book.update(x, book.nearest(x))
+    assert book.dead_threshold() == pytest.approx(0.1 * 32 / 64, rel=0.05)
+    drift = (book.embed - centers).norm(dim=1)
+    assert drift[1:].max() < 0.05  # every live code kept its place
+    assert drift[0] > 1.0  # the unused one was re-seeded onto a batch vector
 
 
 def test_codebook_stats():
