@@ -58,7 +58,7 @@ class EMACodebook(nn.Module):
     """One codebook of ``size`` vectors of ``dim`` dimensions, trained by EMA."""
 
     def __init__(self, dim: int, size: int, decay: float, dead_code_threshold: float, kmeans_iters: int,
-                 dead_code_share: float = 0.1):
+                 dead_code_share: float):
         super().__init__()
         self.size = size
         self.decay = decay
@@ -107,14 +107,14 @@ class EMACodebook(nn.Module):
         self.embed.copy_(self.embed_avg / smoothed[:, None])
         self._replace_dead_codes(x)
 
-    def dead_threshold(self) -> float:
+    def dead_threshold(self) -> torch.Tensor:
         """EMA usage below which a code counts as dead: ``dead_code_threshold`` frames per update,
         or ``dead_code_share`` of an even share when that is lower. The EMA usage sums to the
         frames per update (across processes), so when a batch has fewer frames than there are
         codes, evenly used codes sit below any fixed threshold of a frame or more, and an absolute
-        rule alone would keep re-seeding live codes with random batch vectors."""
-        even_share = float(self.cluster_size.sum()) / self.size
-        return min(self.dead_code_threshold, self.dead_code_share * even_share)
+        rule alone would keep re-seeding live codes with random batch vectors. A 0-dim tensor, so
+        that no step waits for the device to report it."""
+        return (self.dead_code_share * self.cluster_size.mean()).clamp(max=self.dead_code_threshold)
 
     def _replace_dead_codes(self, x: torch.Tensor) -> None:
         threshold = self.dead_threshold()
