@@ -137,3 +137,83 @@ def test_train_lm_remap_follows_a_refit_and_refuses_another_encoder(tmp_path):
     assert summary["codes_mapped_to_themselves"][0] == int((perm[0] == torch.arange(1024)).sum())
     with pytest.raises(LMError, match="another encoder"):
         remap_init_codes(model, str(tmp_path / "ar"), info["other"])
+
+
+def coded_utterances(codes_by_id: dict) -> list:
+    """:class:`tokenlm.shards.Utterance` rows holding ``codes [K, T]`` under the given ids."""
+    import numpy as np
+
+    from tokenlm.shards import Utterance
+
+    return [Utterance(id=i, speaker="spk", text="", duration=c.shape[1] / 50, split="train",
+                      codes=np.asarray(c, dtype=np.int16), phonemes=np.zeros(0, dtype=np.int32))
+            for i, c in codes_by_id.items()]
+
+
+def test_cooccurrence_mapping_finds_the_old_code_of_the_same_frames():
+    from tokenlm.remap import cooccurrence_mapping
+
+    g = torch.Generator().manual_seed(4)
+    perm = torch.stack([torch.randperm(V, generator=g) for _ in range(K)])  # new code = perm[old code]
+    old = {f"u{i}": torch.randint(0, V - 1, (K, 300), generator=g) for i in range(6)}  # code V-1 never used
+    new = {i: torch.stack([perm[k][c[k]] for k in range(K)]) for i, c in old.items()}
+    # one frame in ten disagrees with the rule: the majority still wins
+    noisy = {i: c.clone() for i, c in new.items()}
+    for c in noisy.values():
+        c[:, ::10] = c[:, 1::10]
+    mapping, summary = cooccurrence_mapping(coded_utterances({i: c.numpy() for i, c in old.items()}),
+                                            coded_utterances({i: c.numpy() for i, c in noisy.items()}), V)
+    for k in range(K):
+        for o in range(V - 1):
+            assert int(mapping[k, perm[k, o]]) == o
+        assert int(mapping[k, perm[k, V - 1]]) == int(perm[k, V - 1])  # never seen: keeps its index
+    assert summary["utterances"] == 6 and summary["frames"] == 1800
+    assert summary["unseen_codes"] == [1] * K
+    # an utterance only one side has is left out; one of another length is refused
+    extra = coded_utterances({"other": new["u0"].numpy()})
+    mapping_again, summary = cooccurrence_mapping(coded_utterances({i: c.numpy() for i, c in old.items()}),
+                                                  coded_utterances({i: c.numpy() for i, c in noisy.items()}) + extra, V)
+    assert torch.equal(mapping_again, mapping) and summary["utterances"] == 6
+    with pytest.raises(LMError, match="frames"):
+        cooccurrence_mapping(coded_utterances({"u0": old["u0"].numpy()}),
+                             coded_utterances({"u0": new["u0"][:, :-1].numpy()}), V)
+    with pytest.raises(LMError, match="no utterance in common"):
+        cooccurrence_mapping(coded_utterances({"a": old["u0"].numpy()}), coded_utterances({"b": new["u0"].numpy()}), V)
+
+
+def test_train_lm_remap_by_shards_checks_the_codecs_and_reindexes_the_rows(tmp_path):
+    from tokenlm.pretrained import save_lm
+    from tokenlm.shards import write_shard
+    from tokenlm.text import default_vocab
+    from tokenlm.train import TrainLMConfig, remap_init_by_shards
+
+    g = torch.Generator().manual_seed(5)
+    perm = torch.stack([torch.randperm(V, generator=g) for _ in range(K)])
+    old = {f"u{i}": torch.randint(0, V, (K, 40), generator=g) for i in range(4)}
+    new = coded_utterances({i: torch.stack([perm[k][c[k]] for k in range(K)]).numpy() for i, c in old.items()})
+    info = {"name": "old", "fingerprint": "00000000000000aa", "sample_rate": 16000, "frame_rate": 50.0,
+            "num_codebooks": K, "codebook_size": V}
+    new_info = info | {"name": "new", "fingerprint": "00000000000000bb"}
+    (tmp_path / "old").mkdir()
+    write_shard(tmp_path / "old" / "shard_00000.safetensors", coded_utterances({i: c.numpy() for i, c in old.items()}),
+                info, default_vocab())
+    torch.manual_seed(0)
+    model = lively(NARModel(tiny_config()))
+    save_lm(model, tmp_path / "nar", default_vocab(), codec=info)
+    before = model.audio_emb.weight.detach().clone()
+    summary = remap_init_by_shards(model, str(tmp_path / "nar"), new_info, new, [str(tmp_path / "old")])
+    # new code c of level k takes the row of the old code it always stands beside: inverse of perm
+    for k in range(K):
+        inverse = torch.argsort(perm[k])
+        seen = torch.zeros(V, dtype=torch.bool)
+        seen[perm[k][old["u0"][k]]] = True
+        for c in torch.nonzero(seen).flatten().tolist():
+            assert torch.equal(model.audio_emb.weight[k * V + c], before[k * V + inverse[c]])
+    assert summary["utterances"] == 4 and len(summary["codes_mapped_to_themselves"]) == K
+    with pytest.raises(LMError, match="nothing to remap"):
+        remap_init_by_shards(model, str(tmp_path / "nar"), info, new, [str(tmp_path / "old")])
+    save_lm(model, tmp_path / "nar-other", default_vocab(), codec=info | {"fingerprint": "00000000000000cc"})
+    with pytest.raises(LMError, match="was trained on"):
+        remap_init_by_shards(model, str(tmp_path / "nar-other"), new_info, new, [str(tmp_path / "old")])
+    with pytest.raises(LMError, match="two ways"):
+        TrainLMConfig(stage="nar", shards="x", out_dir="y", init="z", remap_codes=True, remap_shards=["w"])

@@ -11,10 +11,17 @@ AR's ``eos``/``bos`` rows and everything else stay as they were.
 This only makes sense between codecs with the same encoder (a refit). For a retrained codec the
 two latent spaces have nothing in common: :func:`codebook_mapping` cannot tell, so
 ``train-lm --remap-codes`` checks that the two codecs' encoder weights are identical.
+
+A codec fine-tuned as a whole (encoder, codebooks and decoder, ``train-codec --init``) moves its
+latent space, so nearest vectors say little; but the same recordings, tokenized with both codecs,
+say what each new code stands for: :func:`cooccurrence_mapping` gives new code ``c`` of level
+``k`` the rows of the old level-``k`` code found most often in the same frames
+(``train-lm --remap-shards``).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from tokenlm.errors import LMError
@@ -35,6 +42,35 @@ def codebook_mapping(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     if old.shape != new.shape:
         raise LMError(f"the codebooks differ in shape ({tuple(old.shape)} vs {tuple(new.shape)}): not a refit")
     return torch.cdist(new.double(), old.double()).argmin(dim=-1)
+
+
+def cooccurrence_mapping(old_utterances: list, new_utterances: list, codebook_size: int) -> tuple[torch.Tensor, dict]:
+    """The same recordings tokenized with two codecs (:class:`tokenlm.shards.Utterance` lists,
+    matched by id, codes ``[K, T]`` with equal ``T``) -> ``([K, N]`` int64, summary): for each
+    level and new code, the old code it most often shares a frame with; a new code never seen
+    keeps its own index. Levels: those both codecs have."""
+    old_by_id = {u.id: u for u in old_utterances}
+    pairs = [(old_by_id[u.id], u) for u in new_utterances if u.id in old_by_id]
+    if not pairs:
+        raise LMError("the two shard sets have no utterance in common: nothing to count codes on")
+    K, N = min(min(o.codes.shape[0], n.codes.shape[0]) for o, n in pairs), codebook_size
+    for old, new in pairs:
+        if old.codes.shape[1] != new.codes.shape[1]:
+            raise LMError(f"utterance {new.id!r} has {new.codes.shape[1]} frames in one shard set and "
+                          f"{old.codes.shape[1]} in the other: not the same recordings, or another frame rate")
+    old_codes = np.concatenate([old.codes[:K] for old, _ in pairs], axis=1).astype(np.int64)  # [K, frames]
+    new_codes = np.concatenate([new.codes[:K] for _, new in pairs], axis=1).astype(np.int64)
+    counts = np.stack([np.bincount(new_codes[k] * N + old_codes[k], minlength=N * N) for k in range(K)])
+    counts = counts.reshape(K, N, N)
+    mapping = torch.from_numpy(counts.argmax(axis=2))
+    unseen = torch.from_numpy(counts.sum(axis=2) == 0)
+    identity = torch.arange(N).expand(K, N)
+    mapping = torch.where(unseen, identity, mapping)
+    frames = int(new_codes.shape[1])
+    same_code = (old_codes == new_codes).mean(axis=1)
+    summary = {"utterances": len(pairs), "frames": frames, "unseen_codes": unseen.sum(dim=1).tolist(),
+               "same_code_share": [round(float(x), 4) for x in same_code]}
+    return mapping, summary
 
 
 @torch.no_grad()

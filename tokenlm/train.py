@@ -105,6 +105,7 @@ class TrainLMConfig:
     time_limit_minutes: float | None = None  # stop after this long in the loop, with a checkpoint and an export
     init: str | None = None  # start a new run from these exported LM weights (e.g. on a refitted codec's tokens)
     remap_codes: bool = False  # with init: re-index its code rows to a refitted codec (tokenlm/remap.py)
+    remap_shards: list[str] | None = None  # with init: re-index by code co-occurrence with these shards of its codec
     grow_layers: int | None = None  # with init: that many transformer layers, the new ones identity (tokenlm/grow.py)
     paced_text: bool = False  # new runs: paced phoneme positions (LMConfig.text_pace from the training data)
     device: str = "auto"  # auto (CUDA when available), cpu or cuda
@@ -113,6 +114,7 @@ class TrainLMConfig:
 
     def __post_init__(self) -> None:
         self.shards = shard_folders(self.shards)
+        self.remap_shards = shard_folders(self.remap_shards) if self.remap_shards else None
         checks = {
             f"--stage must be ar or nar, got {self.stage!r}": self.stage in MODELS,
             "--steps must be positive": self.steps > 0,
@@ -124,6 +126,8 @@ class TrainLMConfig:
             "--text-free-prob must be in [0, 1]": 0.0 <= self.text_free_prob <= 1.0,
             "--guided-attention must be >= 0": self.guided_attention >= 0,
             "--grow-layers must be a positive number of layers": self.grow_layers is None or self.grow_layers > 0,
+            "--remap-codes and --remap-shards are two ways to do one thing: give one":
+                not (self.remap_codes and self.remap_shards),
             "--guided-sigma must be positive": self.guided_sigma > 0,
             "--nar-stage-decay must be in (0, 1]": 0.0 < self.nar_stage_decay <= 1.0,
             "--max-seconds must be positive": self.max_seconds > 0,
@@ -242,8 +246,8 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
     if checkpoint is not None and checkpoint["stage"] != config.stage:
         raise LMError(f"{out_dir} holds a run of --stage {checkpoint['stage']}; cannot resume it as --stage {config.stage}")
     if checkpoint is None and not config.init:  # before the shards are read
-        if config.remap_codes:
-            raise LMError("--remap-codes needs --init (the LM whose code rows are re-indexed)")
+        if config.remap_codes or config.remap_shards:
+            raise LMError("--remap-codes and --remap-shards need --init (the LM whose code rows are re-indexed)")
         if config.grow_layers is not None:
             raise LMError("--grow-layers needs --init (the LM to grow)")
     if checkpoint is not None and distributed.is_main:
@@ -277,8 +281,8 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
             tqdm.write("note: the model options are taken from the checkpoint", file=sys.stderr)
         if main and config.init:
             tqdm.write(f"note: resuming the run in {out_dir}; --init {config.init} is not used", file=sys.stderr)
-        if main and config.remap_codes:
-            tqdm.write(f"note: resuming the run in {out_dir}; --remap-codes is not used", file=sys.stderr)
+        if main and (config.remap_codes or config.remap_shards):
+            tqdm.write(f"note: resuming the run in {out_dir}; --remap-codes/--remap-shards is not used", file=sys.stderr)
         if main and config.grow_layers is not None:
             tqdm.write(f"note: resuming the run in {out_dir}; --grow-layers is not used", file=sys.stderr)
     elif config.init:
@@ -296,6 +300,12 @@ def _train(config: TrainLMConfig, device: torch.device, distributed: Distributed
             if main:
                 tqdm.write(f"code rows remapped from {remapped['from']} to {remapped['to']}; codes kept per level: "
                            f"{remapped['codes_mapped_to_themselves']}")
+        if config.remap_shards:
+            remapped = remap_init_by_shards(initial, config.init, codec_info, utterances, config.remap_shards)
+            if main:
+                tqdm.write(f"code rows remapped by co-occurrence on {remapped['utterances']} utterances "
+                           f"({remapped['frames']} frames); same code in both: {remapped['same_code_share']}; "
+                           f"codes kept per level: {remapped['codes_mapped_to_themselves']}")
     else:
         lm_config = LMConfig(**({"n_phonemes": max(len(vocab), 2), "codebook_size": int(codec_info["codebook_size"]),
                                  "n_codebooks": K} | config.model))
@@ -480,6 +490,33 @@ def remap_init_codes(model: torch.nn.Module, folder: str, codec_info: dict) -> d
     return remap_from_codec(model, old, new)
 
 
+def remap_init_by_shards(model: torch.nn.Module, folder: str, codec_info: dict, utterances: list,
+                         old_shards: list[str]) -> dict:
+    """Re-index the code rows of the ``--init`` LM in ``folder`` to the shards' codec (``codec_info``,
+    ``utterances``) by how often each new code shares a frame with each old one in ``old_shards``:
+    the same recordings tokenized with the LM's own codec (:func:`tokenlm.remap.cooccurrence_mapping`).
+    For a codec fine-tuned as a whole, whose encoder moved. Returns the remap summary."""
+    from tokenlm.pretrained import read_lm_info
+    from tokenlm.remap import cooccurrence_mapping, remap_lm_codes
+
+    old_info = read_lm_info(folder).get("codec") or {}
+    old_utterances, old_codec, _ = load_corpus(old_shards)
+    if old_codec.get("fingerprint") != old_info.get("fingerprint"):
+        raise LMError(f"--remap-shards: {', '.join(old_shards)} come from codec {old_codec.get('name')} "
+                      f"{old_codec.get('fingerprint')}, the --init LM was trained on {old_info.get('name')} "
+                      f"{old_info.get('fingerprint')}")
+    if old_codec.get("fingerprint") == codec_info.get("fingerprint"):
+        raise LMError("--remap-shards: the --init LM was trained on the shards' codes already; nothing to remap")
+    N = int(codec_info["codebook_size"])
+    if int(old_codec["codebook_size"]) != N:
+        raise LMError(f"--remap-shards: {old_codec['codebook_size']} codes per level there, {N} in the shards")
+    mapping, summary = cooccurrence_mapping(old_utterances, utterances, N)
+    remap_lm_codes(model, mapping)
+    identity = torch.arange(N)
+    summary["codes_mapped_to_themselves"] = (mapping == identity).sum(dim=1).tolist()
+    return summary
+
+
 def export(model: torch.nn.Module, folder: Path, vocab, codec_info: dict, config: TrainLMConfig, step: int,
            init_sampling: dict | None = None, best: dict | None = None) -> Path:
     """Float16 weights + config (vocab, codec info, training summary) for inference;
@@ -492,6 +529,8 @@ def export(model: torch.nn.Module, folder: Path, vocab, codec_info: dict, config
         training["init"] = str(config.init)
         if config.remap_codes:
             training["remap_codes"] = True
+        if config.remap_shards:
+            training["remap_shards"] = list(config.remap_shards)
         if config.grow_layers is not None:
             training["grow_layers"] = config.grow_layers
     if best is not None:
@@ -652,6 +691,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --init from an LM of a codec whose codebooks were since refitted (refit-codes): "
                              "each new code starts from the rows of the old code with the nearest vector "
                              "(tokenlm/remap.py)")
+    parser.add_argument("--remap-shards", action="append", default=None, metavar="OLD_SHARDS",
+                        help="with --init from an LM of a codec since fine-tuned as a whole (train-codec --init): "
+                             "each new code starts from the rows of the old code it most often shares a frame "
+                             "with, counted on OLD_SHARDS, the same recordings tokenized with the --init LM's "
+                             "codec (repeat for several folders; tokenlm/remap.py)")
     parser.add_argument("--grow-layers", type=int, default=None, metavar="N",
                         help="with --init: a deeper LM of N transformer layers, the --init LM's first and new ones "
                              "appended that start as identity, so training resumes from the same function "
@@ -681,7 +725,7 @@ def config_from_args(args: argparse.Namespace) -> TrainLMConfig:
         log_every=args.log_every, text_free_prob=args.text_free_prob, guided_attention=args.guided_attention,
         guided_sigma=args.guided_sigma, nar_stage_decay=args.nar_stage_decay, max_seconds=args.max_seconds, seed=args.seed,
         threads=args.threads, resume=args.resume, time_limit_minutes=args.time_limit, init=args.init,
-        remap_codes=args.remap_codes, grow_layers=args.grow_layers, paced_text=args.paced_text, device=args.device,
+        remap_codes=args.remap_codes, remap_shards=args.remap_shards, grow_layers=args.grow_layers, paced_text=args.paced_text, device=args.device,
         precision=args.precision,
         model=model,
     )
