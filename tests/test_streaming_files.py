@@ -309,6 +309,13 @@ def test_a_file_of_retired_weights_says_how_to_restore_them(tmp_path, monkeypatc
     assert ("mkdir -p weights/tiny-old && for f in model.safetensors config.json; do "
             "git show abc1234:weights/tiny-old/$f > weights/tiny-old/$f; done") in err
     assert not (tmp_path / "a.wav").exists()
+    # weights replaced by newer ones under the same name: restored from that folder under their own name
+    (weights / "retired.json").write_text(json.dumps([{"name": "tiny-old", "folder": new.name,
+                                                        "model_hash": old.fingerprint, "retired": "2026-12-08",
+                                                        "commit": "abc1234", "files": ["config.json"]}]))
+    assert cli_main(["decompress", str(tmp_path / "a.tok"), "-o", str(tmp_path / "a.wav")]) == 1
+    assert (f"mkdir -p weights/tiny-old && for f in config.json; do git show abc1234:weights/{new.name}/$f > "
+            "weights/tiny-old/$f; done") in capsys.readouterr().err
     (weights / "retired.json").write_text("{not json")  # a broken list only loses the hint
     assert cli_main(["decompress", str(tmp_path / "a.tok"), "-o", str(tmp_path / "a.wav")]) == 1
     assert "token file was made by model" in capsys.readouterr().err

@@ -163,7 +163,7 @@ def test_retired_weights_are_in_the_history_and_not_installed(tmp_path):
         assert row.name not in codec.available_models()
         assert "model.safetensors" in row.files and "config.json" in row.files
         try:
-            files = {name: _from_history(row.commit, f"weights/{row.name}/{name}") for name in row.files}
+            files = {name: _from_history(row.commit, f"{row.source}/{name}") for name in row.files}
         except (OSError, subprocess.CalledProcessError) as error:
             pytest.skip(f"no git history here to check {row.name} against ({error})")
         config = json.loads(files["config.json"])
