@@ -118,10 +118,10 @@ def test_paced_text_training_takes_the_median_pace_of_the_data(tmp_path):
     expected = round(float(np.median([u.codes.shape[1] / len(u.phonemes) for u in train])), 3)
     assert read_lm_info(out / "export")["lm"]["text_pace"] == pytest.approx(expected) and expected > 1
     loaded = ARModel.from_pretrained(out / "export")
-    assert loaded.paced and generate_ar(loaded, [torch.tensor([5, 6, 7])], None, GREEDY, max_frames=8)
+    assert loaded.config.paced and generate_ar(loaded, [torch.tensor([5, 6, 7])], None, GREEDY, max_frames=8)
     train_lm(config(tmp_path / "shards", tmp_path / "nar", "nar", steps=2, checkpoint_every=2, paced_text=True))
     nar = NARModel.from_pretrained(tmp_path / "nar" / "export")
-    assert nar.paced and read_lm_info(tmp_path / "nar" / "export")["lm"]["text_pace"] == pytest.approx(expected)
+    assert nar.config.paced and read_lm_info(tmp_path / "nar" / "export")["lm"]["text_pace"] == pytest.approx(expected)
 
 
 def test_nar_positions_pace_each_row_from_where_its_text_starts():

@@ -81,7 +81,7 @@ class ARModel(nn.Module, LMHubMixin):
             [torch.full((B, 1), self.bos, dtype=torch.long, device=codes.device), codes], dim=1
         )
         x = torch.cat([self.text_emb(phonemes), self.audio_emb(audio_in)], dim=1)
-        if pace is None and self.paced:
+        if pace is None and self.config.paced:
             pace = code_lengths / phoneme_lengths.clamp(min=1)
         positions = self.positions(phoneme_lengths, P, T + 1, pace)
         key_valid = torch.cat(
@@ -89,10 +89,6 @@ class ARModel(nn.Module, LMHubMixin):
         )
         h = self.transformer(x, positions, attention_mask(key_valid, causal=True), probe=probe)
         return self.head(h[:, P:])
-
-    @property
-    def paced(self) -> bool:
-        return self.config.text_pace > 0
 
     def positions(
         self, phoneme_lengths: torch.Tensor, P: int, A: int, pace: torch.Tensor | None = None
@@ -103,7 +99,7 @@ class ARModel(nn.Module, LMHubMixin):
         B = phoneme_lengths.shape[0]
         text = torch.arange(P, device=device).expand(B, P)
         audio = torch.arange(A, device=device).expand(B, A)
-        if not self.paced:
+        if not self.config.paced:
             return torch.cat([text, phoneme_lengths[:, None] + audio], dim=1)
         if pace is None:
             raise ValueError("a paced AR model needs pace (frames per phoneme) per row")

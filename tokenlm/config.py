@@ -66,6 +66,11 @@ knows each row's own pace and keeps the value only as a record).
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def paced(self) -> bool:
+        """Paced phoneme positions (``text_pace > 0``)."""
+        return self.text_pace > 0
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -220,7 +220,7 @@ def _generate(model: ARModel, phonemes, prompts, limits, sampling, seed, use_cac
         x[i, L - len(row) :] = row
     columns = torch.arange(L, device=device)[None, :]
     key_valid = columns >= pad[:, None]
-    if model.paced:  # each row's own positions, left-padded with zeros
+    if model.config.paced:  # each row's own positions, left-padded with zeros
         positions = torch.zeros(R, L, device=device)
         for i, (p, q) in enumerate(zip(phonemes, prompts)):
             row = model.positions(torch.tensor([len(p)], device=device), len(p), len(q) + 1,

@@ -60,10 +60,6 @@ class NARModel(nn.Module, LMHubMixin):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    @property
-    def paced(self) -> bool:
-        return self.config.text_pace > 0
-
     def positions(self, phoneme_lengths, P: int, prompt_lengths, Tp: int, target_lengths, T: int,
                   text_starts: torch.Tensor | None = None) -> torch.Tensor:
         """RoPE positions ``[B, P + Tp + T]`` of ``[phonemes][prompt frames][target frames]``, each
@@ -73,7 +69,7 @@ class NARModel(nn.Module, LMHubMixin):
         text = torch.arange(P, device=device).expand(B, P)
         prompt = torch.arange(Tp, device=device).expand(B, Tp)
         target = torch.arange(T, device=device).expand(B, T)
-        if not self.paced:
+        if not self.config.paced:
             return torch.cat([text, phoneme_lengths[:, None] + prompt,
                               (phoneme_lengths + prompt_lengths)[:, None] + target], dim=1)
         starts = torch.zeros_like(prompt_lengths) if text_starts is None else text_starts.to(device)

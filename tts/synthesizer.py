@@ -466,7 +466,7 @@ class Synthesizer:
             raise TTSError(f"the prompt ({prompt.seconds:.1f} s) leaves no room for speech in the models' "
                            f"{limit} frames")
         phonemes = [torch.cat([prompt.text_prefix, t]) for t in targets]
-        pace = self.text_pace(prompt) if prompt.has_text and self.ar.paced else None
+        pace = self.text_pace(prompt) if prompt.has_text and self.ar.config.paced else None
         first = self._sample_first_layer(phonemes, ar_prompt, [len(t) for t in targets], sampling, seed, hard_cap,
                                          pace)
         maxima = [length_limits(len(t), sampling, hard_cap)[1] for t in targets]
