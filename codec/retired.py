@@ -30,7 +30,7 @@ class RetiredCodec:
     name: str
     model_hash: str
     retired: str  # date, YYYY-MM-DD
-    commit: str  # a commit whose tree still holds weights/<name>/
+    commit: str  # a commit whose tree still holds its folder (weights/<folder or name>/)
     files: tuple[str, ...]
     folder: str = ""  # its folder under weights/ in that commit, when not ``name``
 
