@@ -95,11 +95,23 @@ def remap_lm_codes(model: torch.nn.Module, mapping: torch.Tensor) -> torch.nn.Mo
     return model
 
 
+def codes_kept(mapping: torch.Tensor) -> list[int]:
+    """Per level, how many codes of ``mapping [K, N]`` map to themselves."""
+    return (mapping == torch.arange(mapping.shape[1])).sum(dim=1).tolist()
+
+
 def remap_from_codec(model: torch.nn.Module, old_codec, new_codec) -> dict:
     """Remap ``model`` (trained on ``old_codec``'s codes) to ``new_codec``'s; returns a summary
     (codes that map to themselves per level) for the training record."""
     mapping = codebook_mapping(codebooks(old_codec), codebooks(new_codec))
     remap_lm_codes(model, mapping)
-    identity = torch.arange(mapping.shape[1])
-    kept = (mapping == identity).sum(dim=1).tolist()
-    return {"from": old_codec.name, "to": new_codec.name, "codes_mapped_to_themselves": kept}
+    return {"from": old_codec.name, "to": new_codec.name, "codes_mapped_to_themselves": codes_kept(mapping)}
+
+
+def remap_from_shards(model: torch.nn.Module, old_utterances: list, new_utterances: list, codebook_size: int) -> dict:
+    """Remap ``model`` (trained on the codes of ``old_utterances``) to those of ``new_utterances``,
+    the same recordings tokenized with another codec (:func:`cooccurrence_mapping`); returns its
+    summary plus the codes that map to themselves per level, for the training record."""
+    mapping, summary = cooccurrence_mapping(old_utterances, new_utterances, codebook_size)
+    remap_lm_codes(model, mapping)
+    return summary | {"codes_mapped_to_themselves": codes_kept(mapping)}

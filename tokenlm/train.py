@@ -494,10 +494,10 @@ def remap_init_by_shards(model: torch.nn.Module, folder: str, codec_info: dict, 
                          old_shards: list[str]) -> dict:
     """Re-index the code rows of the ``--init`` LM in ``folder`` to the shards' codec (``codec_info``,
     ``utterances``) by how often each new code shares a frame with each old one in ``old_shards``:
-    the same recordings tokenized with the LM's own codec (:func:`tokenlm.remap.cooccurrence_mapping`).
+    the same recordings tokenized with the LM's own codec (:func:`tokenlm.remap.remap_from_shards`).
     For a codec fine-tuned as a whole, whose encoder moved. Returns the remap summary."""
     from tokenlm.pretrained import read_lm_info
-    from tokenlm.remap import cooccurrence_mapping, remap_lm_codes
+    from tokenlm.remap import remap_from_shards
 
     old_info = read_lm_info(folder).get("codec") or {}
     old_utterances, old_codec, _ = load_corpus(old_shards)
@@ -510,11 +510,7 @@ def remap_init_by_shards(model: torch.nn.Module, folder: str, codec_info: dict, 
     N = int(codec_info["codebook_size"])
     if int(old_codec["codebook_size"]) != N:
         raise LMError(f"--remap-shards: {old_codec['codebook_size']} codes per level there, {N} in the shards")
-    mapping, summary = cooccurrence_mapping(old_utterances, utterances, N)
-    remap_lm_codes(model, mapping)
-    identity = torch.arange(N)
-    summary["codes_mapped_to_themselves"] = (mapping == identity).sum(dim=1).tolist()
-    return summary
+    return remap_from_shards(model, old_utterances, utterances, N)
 
 
 def export(model: torch.nn.Module, folder: Path, vocab, codec_info: dict, config: TrainLMConfig, step: int,
